@@ -1,0 +1,126 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Bypass form: adapters computed in the layer's forward (activation space); base weights untouched.
+
+One `PatcherInjection` per loaded file, under a unique key, registers a forward hook on each target module when
+ComfyUI injects the model and removes it on eject (forward hooks compose across stacked loaders and survive the
+FIFO eject order, unlike forward swapping; see comfyui-host.md §3.3). Works on fp8/quantized bases because the
+weights are never rewritten. Adapter tensors are copied to the activation's device/dtype once and cached.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+import comfy.utils
+from comfy.patcher_extension import PatcherInjection
+
+from ..lycoris_core.adapters.base import Adapter
+from .layers import layer_spec
+
+
+@dataclass
+class BypassSlice:
+    """One adapter on one target: the whole module, or the output rows `offset` = (0, start, length)."""
+
+    adapter: Adapter
+    offset: tuple[int, int, int] | None = None
+    function: object = None  # ComfyUI row function of the target (e.g. swap_scale_shift), or None
+    _copies: dict = field(default_factory=dict, repr=False)
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> Adapter:
+        """The adapter with tensors on `device` in `dtype`, copied once and cached (one device kept at a time)."""
+        key = (device, dtype)
+        copy = self._copies.get(key)
+        if copy is None:
+            self._copies.clear()
+            copy = self._copies[key] = self.adapter.to(device=device, dtype=dtype)
+        return copy
+
+
+def _row_permutation(function, rows: int) -> torch.Tensor | None:
+    """Index `perm` with comfy_row[i] = file_row[perm[i]] for a ComfyUI row function, or None."""
+    if function is None:
+        return None
+    return function(torch.arange(rows, dtype=torch.float32).unsqueeze(1)).squeeze(1).round().long()
+
+
+class _ModuleHook:
+    """Forward hook of one module: applies each of its slices' adapters to the base output."""
+
+    def __init__(self, owner: "BypassInjection", module: torch.nn.Module, slices: list[BypassSlice]):
+        self.owner = owner
+        self.entries = []
+        channel_dim = 1 if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) else -1
+        self.channel_dim = channel_dim
+        for s in slices:
+            spec = layer_spec(module, s.offset)
+            perm = _row_permutation(s.function, spec.weight_shape[0])
+            if perm is not None:
+                inverse = torch.argsort(perm)
+                base_weight = spec.weight
+                spec.weight = lambda dtype, device, w=base_weight, inv=inverse: w(dtype, device)[inv.to(device)]
+                base_bias = spec.bias
+                spec.bias = lambda dtype, device, b=base_bias, inv=inverse: (
+                    None if b(dtype, device) is None else b(dtype, device)[inv.to(device)])
+                self.entries.append((s, spec, perm, inverse))
+            else:
+                self.entries.append((s, spec, None, None))
+
+    def __call__(self, module, args, output):
+        x = args[0]
+        strength = self.owner.strength
+        for s, spec, perm, inverse in self.entries:
+            adapter = s.on(output.device, output.dtype)
+            if s.offset is None:
+                y = output
+            else:
+                y = output.narrow(self.channel_dim, s.offset[1], s.offset[2])
+            if perm is not None:
+                y = y.index_select(self.channel_dim, inverse.to(y.device))
+            new = adapter.bypass(x, y, strength, spec)
+            if perm is not None:
+                new = new.index_select(self.channel_dim, perm.to(new.device))
+            if s.offset is None:
+                output = new
+            else:
+                output = output.clone() if output.requires_grad else output
+                output.narrow(self.channel_dim, s.offset[1], s.offset[2]).copy_(new)
+        return output
+
+
+class BypassInjection:
+    """The bypass adapters of one loaded file on one model, as a ComfyUI injection with a unique key.
+
+    `targets`: module path (inside the ModelPatcher's model, e.g. "diffusion_model.double_blocks.0.img_attn.qkv")
+    -> its slices. `strength` is the LyCORIS multiplier, read at every call (a python float: changing it touches
+    no tensor).
+    """
+
+    def __init__(self, targets: dict[str, list[BypassSlice]], strength: float, key: str | None = None):
+        self.targets = targets
+        self.strength = float(strength)
+        self.key = key or f"lycoris_bypass_{uuid.uuid4().hex[:12]}"
+        self._handles: list = []
+
+    def with_strength(self, strength: float) -> "BypassInjection":
+        """A new injection over the same adapters (and device copies) at another multiplier, same key."""
+        return BypassInjection(self.targets, strength, self.key)
+
+    def inject(self, patcher) -> None:
+        """Register the forward hooks on `patcher.model` (idempotent)."""
+        if self._handles:
+            return
+        for path, slices in self.targets.items():
+            module = comfy.utils.get_attr(patcher.model, path)
+            self._handles.append(module.register_forward_hook(_ModuleHook(self, module, slices)))
+
+    def eject(self, patcher) -> None:
+        """Remove the forward hooks (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def install(self, patcher) -> None:
+        """Attach this injection to `patcher` (a clone owned by the caller) under its key."""
+        patcher.set_injections(self.key, [PatcherInjection(inject=self.inject, eject=self.eject)])

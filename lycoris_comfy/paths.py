@@ -1,0 +1,28 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Resolve a `lycoris_name` to a file inside ComfyUI's `loras` folders, and nothing outside them."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..lycoris_core.errors import LycorisError
+
+FOLDER = "loras"
+
+
+def lycoris_names() -> list[str]:
+    """Relative names of the files in ComfyUI's `loras` folders (what the loader's combo offers)."""
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def resolve_lycoris_path(name: str) -> str:
+    """The absolute path of `name`, which must be listed in the `loras` folders and not resolve outside them."""
+    if name not in lycoris_names():
+        raise LycorisError(f"{name!r} is not a file in ComfyUI's models/loras folders; pick one from the list.")
+    path = folder_paths.get_full_path_or_raise(FOLDER, name)
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(p) for p in folder_paths.get_folder_paths(FOLDER)]
+    if not any(real == r or real.startswith(r + os.sep) for r in roots):
+        raise LycorisError(f"{name!r} resolves outside the loras folders ({real}); refusing to read it.")
+    return path

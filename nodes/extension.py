@@ -1,0 +1,18 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The pack's ComfyExtension: the list of nodes ComfyUI registers."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .info_node import LycorisInfo
+from .loader_node import LycorisLoader
+
+
+class LycorisExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [LycorisLoader, LycorisInfo]
+
+
+async def comfy_entrypoint() -> LycorisExtension:
+    """ComfyUI's V3 entry point."""
+    return LycorisExtension()

@@ -1,0 +1,51 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""`LycorisLoader` ("Load LyCORIS"): a LyCORIS file onto a MODEL, merged or bypass."""
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..lycoris_comfy.apply import MODES, apply_lycoris
+from ..lycoris_comfy.file_cache import file_signature
+from ..lycoris_comfy.paths import lycoris_names, resolve_lycoris_path
+from . import ids
+
+
+class LycorisLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=ids.LYCORIS_LOADER,
+            display_name="Load LyCORIS",
+            category=ids.CATEGORY,
+            description=(
+                "Loads a LyCORIS .safetensors file (LoCon, LoHa, LoKr, DoRA, GLoRA, IA3, OFT, BOFT, full, "
+                "T-LoRA, ...) onto the model with SimpleTuner's validation maths. Merged patches the weights; "
+                "bypass adds the adapter in each layer's forward (fp8/quantized bases, T-LoRA)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to apply the LyCORIS to. It is not modified."),
+                io.Combo.Input("lycoris_name", options=lycoris_names(),
+                               tooltip="A LyCORIS .safetensors file from models/loras (SimpleTuner writes "
+                                       "pytorch_lora_weights.safetensors)."),
+                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01,
+                               tooltip="The LyCORIS multiplier: SimpleTuner's validation_lycoris_strength. "
+                                       "Negative values invert the adapter."),
+                io.Combo.Input("mode", options=list(MODES), default="auto",
+                               tooltip="auto: bypass for T-LoRA files and fp8/quantized bases, merged otherwise. "
+                                       "merged: patch the weights (fastest per step). bypass: compute the "
+                                       "adapter in the forward, base weights untouched."),
+            ],
+            outputs=[io.Model.Output(tooltip="A copy of the model carrying the LyCORIS.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, lycoris_name, **kwargs):
+        try:
+            return file_signature(resolve_lycoris_path(lycoris_name))
+        except Exception:  # noqa: BLE001 - validation reports the real error
+            return float("nan")
+
+    @classmethod
+    def execute(cls, model, lycoris_name, strength, mode) -> io.NodeOutput:
+        patched, report = apply_lycoris(model, resolve_lycoris_path(lycoris_name), strength, mode)
+        return io.NodeOutput(patched, ui=ui.PreviewText(report.text()))
