@@ -6,11 +6,12 @@ from comfy_api.latest import ComfyExtension, io
 
 from .info_node import LycorisInfo
 from .loader_node import LycorisLoader
+from .strength_node import LycorisStrength
 
 
 class LycorisExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LycorisLoader, LycorisInfo]
+        return [LycorisLoader, LycorisInfo, LycorisStrength]
 
 
 async def comfy_entrypoint() -> LycorisExtension:
