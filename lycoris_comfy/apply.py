@@ -15,11 +15,13 @@ import comfy.utils
 
 from ..lycoris_core.adapters.base import Adapter
 from ..lycoris_core.errors import LycorisError, NoMatchingKeysError
+from ..lycoris_core.tlora_schedule import tlora_params_from_config
 from .bypass import BypassInjection, BypassSlice
 from .file_cache import load_parsed
 from .keymaps import build_key_map, family_of, guess_family
 from .layers import is_quantized
 from .merged import LycorisWeightAdapter
+from .tlora import TLoraSchedule
 
 ATTACHMENT = "lycoris"
 MODES = ("auto", "merged", "bypass")
@@ -38,6 +40,8 @@ class LoadedLycoris:
     strength: float
     adapters: dict  # module name -> (Adapter, Target)
     injection: BypassInjection | None = None
+    schedule: TLoraSchedule | None = None
+    config: dict | None = None  # the file's lycoris_config, for T-LoRA defaults
 
 
 @dataclass
@@ -148,6 +152,15 @@ def _bypass_injection(placed: dict, strength: float) -> BypassInjection:
     return BypassInjection(targets, strength)
 
 
+def default_schedule(placed: dict, config: dict | None) -> TLoraSchedule:
+    """The T-LoRA schedule SimpleTuner validation used: lycoris_config (metadata or sidecar), else its defaults;
+    max_rank falls back to the largest module rank (final-save files drop linear_dim)."""
+    params = tlora_params_from_config(config)
+    ranks = [a.rank for a, _ in placed.values() if a.algo == "tlora" and a.rank]
+    max_rank = params.get("max_rank") or max(ranks)
+    return TLoraSchedule(max_rank, params["min_rank"], params["alpha"], params.get("source", ""))
+
+
 def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, rank_cap: int | None = None):
     """A clone of `patcher` carrying the LyCORIS file at `path` at multiplier `strength`, and a LoadReport.
 
@@ -162,19 +175,25 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
     concrete = resolve_mode(mode, placed, patcher.model)
 
     clone = patcher.clone()
-    injection = None
+    injection = schedule = None
     if concrete == "merged":
         for key, adapters in _merged_patches(placed).items():
             for weight_adapter in adapters:
                 clone.add_patches({key: weight_adapter}, strength)
     else:
         injection = _bypass_injection(placed, strength)
+        if any(a.algo == "tlora" for a, _ in placed.values()):
+            # Installed by default so a graph without the T-LoRA wrapper node still renders like SimpleTuner.
+            schedule = injection.schedule = default_schedule(placed, parsed.file.config)
+            schedule.install(clone)
         injection.install(clone)
-    record = LoadedLycoris(label, concrete, float(strength), placed, injection)
+    record = LoadedLycoris(label, concrete, float(strength), placed, injection, schedule, parsed.file.config)
     clone.attachments[ATTACHMENT] = loaded_lycoris(patcher) + (record,)
 
     report = LoadReport(label, concrete, float(strength), family, Counter(a.algo for a, _ in placed.values()),
                         len(placed), len(parsed.adapters), unmatched)
     if unmatched:
         report.notes.append("Unmatched modules were skipped; the rest loaded (their share is small).")
+    if schedule is not None:
+        report.notes.append(schedule.describe())
     return clone, report

@@ -70,8 +70,11 @@ class _ModuleHook:
     def __call__(self, module, args, output):
         x = args[0]
         strength = self.owner.strength
+        schedule = self.owner.schedule
         for s, spec, perm, inverse in self.entries:
             adapter = s.on(output.device, output.dtype)
+            if adapter.algo == "tlora":
+                adapter.mask = None if schedule is None else schedule.buffer(output.device, output.dtype)
             if s.offset is None:
                 y = output
             else:
@@ -94,18 +97,24 @@ class BypassInjection:
 
     `targets`: module path (inside the ModelPatcher's model, e.g. "diffusion_model.double_blocks.0.img_attn.qkv")
     -> its slices. `strength` is the LyCORIS multiplier, read at every call (a python float: changing it touches
-    no tensor).
+    no tensor). `schedule` (a TLoraSchedule or None) supplies the T-LoRA rank mask; None means all ranks.
     """
 
-    def __init__(self, targets: dict[str, list[BypassSlice]], strength: float, key: str | None = None):
+    def __init__(self, targets: dict[str, list[BypassSlice]], strength: float, key: str | None = None,
+                 schedule=None):
         self.targets = targets
         self.strength = float(strength)
         self.key = key or f"lycoris_bypass_{uuid.uuid4().hex[:12]}"
+        self.schedule = schedule
         self._handles: list = []
 
     def with_strength(self, strength: float) -> "BypassInjection":
         """A new injection over the same adapters (and device copies) at another multiplier, same key."""
-        return BypassInjection(self.targets, strength, self.key)
+        return BypassInjection(self.targets, strength, self.key, self.schedule)
+
+    def with_schedule(self, schedule) -> "BypassInjection":
+        """A new injection over the same adapters with another T-LoRA schedule (None: all ranks), same key."""
+        return BypassInjection(self.targets, self.strength, self.key, schedule)
 
     def inject(self, patcher) -> None:
         """Register the forward hooks on `patcher.model` (idempotent)."""

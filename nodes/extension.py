@@ -7,11 +7,12 @@ from comfy_api.latest import ComfyExtension, io
 from .info_node import LycorisInfo
 from .loader_node import LycorisLoader
 from .strength_node import LycorisStrength
+from .tlora_node import TLoraSamplerWrapper
 
 
 class LycorisExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LycorisLoader, LycorisInfo, LycorisStrength]
+        return [LycorisLoader, LycorisInfo, LycorisStrength, TLoraSamplerWrapper]
 
 
 async def comfy_entrypoint() -> LycorisExtension:
