@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""diffusers -> ComfyUI module tables, one per model family. Pure data: no torch, no comfy.
+
+Each :class:`Family` names the ComfyUI class it maps onto, the diffusers class whose module paths SimpleTuner's
+LyCORIS names come from (``lycoris_<diffusers path, . -> _>``), an optional ComfyUI converter from ``comfy.utils``
+that is reused as is (``builtin``), and ``rows``: our own ``(diffusers template, ComfyUI template, part)`` entries,
+which are applied after the builtin one and win over it.
+
+Templates are module paths (no ``.weight``); ``{i}`` and ``{j}`` are block indices, enumerated from the ComfyUI
+model's own state dict (a row whose ComfyUI template matches no module of the loaded model yields nothing).
+
+``part`` says which rows of the ComfyUI weight the diffusers module is, for fused ComfyUI weights; sizes are read
+from the loaded weight's shape, never from a hard-coded width:
+
+- ``Q``/``K``/``V``: a fused ``[q|k|v]`` projection; q has ``in_features`` rows, k and v share the rest equally
+  (so grouped-query attention, e.g. Lumina 2's 24 q / 8 kv heads, slices right).
+- ``Q4``/``K4``/``V4``/``MLP4``: Flux 1 / HunyuanVideo single-block ``linear1`` = ``[q|k|v|mlp]``; q, k, v have
+  ``in_features`` rows each, the mlp part is the rest (so no mlp_ratio assumption).
+- ``KV_K``/``KV_V``: a fused ``[k|v]`` projection split in halves (PixArt cross-attention ``kv_linear``).
+- ``SWAP``: the whole weight, with ``comfy.utils.swap_scale_shift`` as the patch function (diffusers orders the
+  final AdaLN as [scale, shift], ComfyUI/BFL as [shift, scale]).
+- ``None``: the whole weight, same layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Q, K, V = ("qkv", 0), ("qkv", 1), ("qkv", 2)
+Q4, K4, V4, MLP4 = ("qkvm", 0), ("qkvm", 1), ("qkvm", 2), ("qkvm", 3)
+KV_K, KV_V = ("kv", 0), ("kv", 1)
+SWAP = "swap_scale_shift"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: which ComfyUI and diffusers classes, and how module paths map between them."""
+
+    name: str
+    comfy_class: str  # comfy.model_base class (and the ldm module that builds the network)
+    diffusers_class: str  # diffusers class whose module paths SimpleTuner names LyCORIS modules after
+    builtin: str | None = None  # comfy.utils.<fn>(unet_config, output_prefix="diffusion_model.") reused as is
+    rows: tuple = ()  # (diffusers template, ComfyUI template, part)
+    notes: str = ""
+    tested: bool = False  # covered by tests/binding/test_keymap_*.py against a diffusers twin
+    # guess_family data, regexes over prefix-free "_"-joined names. The rows' templates are accepted already.
+    accept: tuple = field(default=())  # further names a file of this family may carry (e.g. the builtin's)
+    signature: tuple = field(default=())  # names (re.search) only this family's files have
+    exclude: tuple = field(default=())  # names (re.search) this family's files never have
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flux 2  (comfy.model_base.Flux2 / comfy.ldm.flux.model.Flux with image_model="flux2";
+#          diffusers.Flux2Transformer2DModel, diffusers/models/transformers/transformer_flux2.py)
+# ComfyUI 0.3.75 reuses flux_to_diffusers for Flux 2, which only covers attention q/k/v/out and the norms; the
+# rest (ff.*, ff_context.*, single-block to_qkv_mlp_proj / to_out, the global modulations, time_guidance_embed)
+# is "lora key not loaded" there. Source of truth: diffusers' convert_flux2_transformer_checkpoint_to_diffusers
+# (chunk(3) of qkv, everything else renamed; norm_out swapped) = shared/reference/comfyui-host.md section 4.4.
+# Later upstream ComfyUI maps the same modules to the same targets (and renames the norm targets .scale ->
+# .weight, which we follow automatically because targets are read from the model's own state dict).
+FLUX2 = Family(
+    name="flux2",
+    comfy_class="comfy.model_base.Flux2 (comfy.ldm.flux.model.Flux, image_model='flux2')",
+    diffusers_class="diffusers.Flux2Transformer2DModel",
+    builtin=None,
+    rows=(
+        ("transformer_blocks.{i}.attn.to_q", "double_blocks.{i}.img_attn.qkv", Q),
+        ("transformer_blocks.{i}.attn.to_k", "double_blocks.{i}.img_attn.qkv", K),
+        ("transformer_blocks.{i}.attn.to_v", "double_blocks.{i}.img_attn.qkv", V),
+        ("transformer_blocks.{i}.attn.add_q_proj", "double_blocks.{i}.txt_attn.qkv", Q),
+        ("transformer_blocks.{i}.attn.add_k_proj", "double_blocks.{i}.txt_attn.qkv", K),
+        ("transformer_blocks.{i}.attn.add_v_proj", "double_blocks.{i}.txt_attn.qkv", V),
+        # fused-QKV spelling (diffusers fuse_qkv_projections; SimpleTuner #3222)
+        ("transformer_blocks.{i}.attn.to_qkv", "double_blocks.{i}.img_attn.qkv", None),
+        ("transformer_blocks.{i}.attn.to_added_qkv", "double_blocks.{i}.txt_attn.qkv", None),
+        ("transformer_blocks.{i}.attn.to_out.0", "double_blocks.{i}.img_attn.proj", None),
+        ("transformer_blocks.{i}.attn.to_add_out", "double_blocks.{i}.txt_attn.proj", None),
+        ("transformer_blocks.{i}.attn.norm_q", "double_blocks.{i}.img_attn.norm.query_norm", None),
+        ("transformer_blocks.{i}.attn.norm_k", "double_blocks.{i}.img_attn.norm.key_norm", None),
+        ("transformer_blocks.{i}.attn.norm_added_q", "double_blocks.{i}.txt_attn.norm.query_norm", None),
+        ("transformer_blocks.{i}.attn.norm_added_k", "double_blocks.{i}.txt_attn.norm.key_norm", None),
+        # SwiGLU: both sides put the gate half first, so no swap
+        ("transformer_blocks.{i}.ff.linear_in", "double_blocks.{i}.img_mlp.0", None),
+        ("transformer_blocks.{i}.ff.linear_out", "double_blocks.{i}.img_mlp.2", None),
+        ("transformer_blocks.{i}.ff_context.linear_in", "double_blocks.{i}.txt_mlp.0", None),
+        ("transformer_blocks.{i}.ff_context.linear_out", "double_blocks.{i}.txt_mlp.2", None),
+        # single blocks: same [q|k|v|gate|up] row layout on both sides
+        ("single_transformer_blocks.{i}.attn.to_qkv_mlp_proj", "single_blocks.{i}.linear1", None),
+        ("single_transformer_blocks.{i}.attn.to_out", "single_blocks.{i}.linear2", None),
+        ("single_transformer_blocks.{i}.attn.norm_q", "single_blocks.{i}.norm.query_norm", None),
+        ("single_transformer_blocks.{i}.attn.norm_k", "single_blocks.{i}.norm.key_norm", None),
+        # global modulation: same shift/scale/gate order
+        ("double_stream_modulation_img.linear", "double_stream_modulation_img.lin", None),
+        ("double_stream_modulation_txt.linear", "double_stream_modulation_txt.lin", None),
+        ("single_stream_modulation.linear", "single_stream_modulation.lin", None),
+        ("time_guidance_embed.timestep_embedder.linear_1", "time_in.in_layer", None),
+        ("time_guidance_embed.timestep_embedder.linear_2", "time_in.out_layer", None),
+        ("time_guidance_embed.guidance_embedder.linear_1", "guidance_in.in_layer", None),
+        ("time_guidance_embed.guidance_embedder.linear_2", "guidance_in.out_layer", None),
+        ("x_embedder", "img_in", None),
+        ("context_embedder", "txt_in", None),
+        ("proj_out", "final_layer.linear", None),
+        ("norm_out.linear", "final_layer.adaLN_modulation.1", SWAP),
+    ),
+    notes="ComfyUI 0.3.75 only loads Flux.2 [dev] (hidden 6144); Klein 4B/9B need a newer ComfyUI, the map is "
+          "shape-driven and covers them too.",
+    tested=True,
+    signature=(r"ff(_context)?_linear_(in|out)$", r"to_qkv_mlp_proj$", r"(double|single)_stream_modulation",
+               r"time_guidance_embed", r"single_transformer_blocks_\d+_attn_to_out$"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Flux.1  (comfy.model_base.Flux / comfy.ldm.flux.model.Flux; diffusers.FluxTransformer2DModel)
+# comfy.utils.flux_to_diffusers is right for Flux.1 (single-block to_q/k/v/proj_mlp -> linear1 row slices,
+# norm_out swapped); we re-state the fused slices shape-driven (no mlp_ratio=4 assumption).
+_FLUX1_SINGLE_SLICES = (
+    ("single_transformer_blocks.{i}.attn.to_q", "single_blocks.{i}.linear1", Q4),
+    ("single_transformer_blocks.{i}.attn.to_k", "single_blocks.{i}.linear1", K4),
+    ("single_transformer_blocks.{i}.attn.to_v", "single_blocks.{i}.linear1", V4),
+    ("single_transformer_blocks.{i}.proj_mlp", "single_blocks.{i}.linear1", MLP4),
+)
+_FLUX1_DOUBLE_SLICES = (
+    ("transformer_blocks.{i}.attn.to_q", "double_blocks.{i}.img_attn.qkv", Q),
+    ("transformer_blocks.{i}.attn.to_k", "double_blocks.{i}.img_attn.qkv", K),
+    ("transformer_blocks.{i}.attn.to_v", "double_blocks.{i}.img_attn.qkv", V),
+    ("transformer_blocks.{i}.attn.add_q_proj", "double_blocks.{i}.txt_attn.qkv", Q),
+    ("transformer_blocks.{i}.attn.add_k_proj", "double_blocks.{i}.txt_attn.qkv", K),
+    ("transformer_blocks.{i}.attn.add_v_proj", "double_blocks.{i}.txt_attn.qkv", V),
+    ("transformer_blocks.{i}.attn.to_qkv", "double_blocks.{i}.img_attn.qkv", None),
+    ("transformer_blocks.{i}.attn.to_added_qkv", "double_blocks.{i}.txt_attn.qkv", None),
+)
+FLUX1 = Family(
+    name="flux1",
+    comfy_class="comfy.model_base.Flux (comfy.ldm.flux.model.Flux, image_model='flux')",
+    diffusers_class="diffusers.FluxTransformer2DModel",
+    builtin="flux_to_diffusers",
+    rows=_FLUX1_DOUBLE_SLICES + _FLUX1_SINGLE_SLICES,
+    tested=True,
+    signature=(r"single_transformer_blocks_\d+_proj_mlp$", r"single_transformer_blocks_\d+_proj_out$",
+               r"transformer_blocks_\d+_ff(_context)?_net_", r"time_text_embed_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Chroma  (comfy.model_base.Chroma / comfy.ldm.chroma.model.Chroma; diffusers.ChromaTransformer2DModel)
+# Flux.1 blocks without per-block modulation, plus the distilled guidance approximator. Source of truth:
+# diffusers' convert_chroma_transformer_checkpoint_to_diffusers.
+CHROMA = Family(
+    name="chroma",
+    comfy_class="comfy.model_base.Chroma (comfy.ldm.chroma.model.Chroma)",
+    diffusers_class="diffusers.ChromaTransformer2DModel",
+    builtin="flux_to_diffusers",
+    rows=_FLUX1_DOUBLE_SLICES + _FLUX1_SINGLE_SLICES + (
+        ("distilled_guidance_layer.in_proj", "distilled_guidance_layer.in_proj", None),
+        ("distilled_guidance_layer.out_proj", "distilled_guidance_layer.out_proj", None),
+        ("distilled_guidance_layer.layers.{i}.linear_1", "distilled_guidance_layer.layers.{i}.in_layer", None),
+        ("distilled_guidance_layer.layers.{i}.linear_2", "distilled_guidance_layer.layers.{i}.out_layer", None),
+        ("distilled_guidance_layer.norms.{i}", "distilled_guidance_layer.norms.{i}", None),
+    ),
+    tested=True,
+    signature=(r"distilled_guidance_layer",),
+)
+
+
+ALL: tuple[Family, ...] = (FLUX2, FLUX1, CHROMA)
+ALIASES = {"sd2": "sd15", "chroma_radiance": "chroma"}
