@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # through the custom_nodes symlink
+# The repo's tests/ (through the custom_nodes symlink); env LYCO_TESTS_DIR points elsewhere (harness self-tests).
+TESTS_DIR = os.environ.get("LYCO_TESTS_DIR") or os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 FAMILIES = ["flux", "flux2"]
 MAX_INT = 0xFFFFFFFF
 
