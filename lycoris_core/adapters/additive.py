@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Additive adapters (LoCon, LoHa, LoKr; GLoRA and T-LoRA reuse the plain part): W' = W + m·ΔW_s, or DoRA.
+
+Subclasses give `delta_weight(weight)` (ΔW_s = s·ΔW on `weight`'s device/dtype, natural shape) and optionally a
+faster `delta_act(x, layer)` (ΔW_s applied to x with the layer's geometry, no bias).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..layer import LayerSpec
+from .base import Adapter, Multiplier, channel_view, conv_groups, layer_bias, layer_op, layer_weight
+from .dora import OUTPUT, dora_axis, dora_factor, dora_merge, dora_norm
+
+
+class AdditiveAdapter(Adapter):
+    """Base of algorithms whose update is a weight delta ΔW_s, optionally DoRA-decomposed."""
+
+    supports_dora = True
+
+    # ------------------------------------------------------------------ to implement
+    def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """ΔW_s = s·ΔW (no multiplier) on `weight`'s device/dtype; shape `expected_weight_shape()`."""
+        raise NotImplementedError
+
+    def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+        """ΔW_s applied to x with the layer's geometry (no bias): same shape as the layer output."""
+        ref = layer_weight(layer, x, self._where()) if self.needs_weight_for_delta else _like(x)
+        return layer_op(layer, x, self.delta_weight(ref))
+
+    #: True when ΔW depends on the base weight (GLoRA, T-LoRA without stored base).
+    needs_weight_for_delta = False
+
+    # ------------------------------------------------------------------ DoRA
+    @property
+    def dora_scale(self) -> torch.Tensor | None:
+        """The DoRA magnitude vector g as stored, or None."""
+        return self.tensors.get("dora_scale")
+
+    @property
+    def dora_axis(self) -> str | None:
+        """"output", "input" or None (no DoRA)."""
+        g = self.dora_scale
+        if g is None:
+            return None
+        exp = self.expected_weight_shape()
+        return dora_axis(g, exp[0] if exp else g.shape[0])
+
+    @property
+    def dora_eps(self) -> float:
+        """finfo(eps) of dora_scale's dtype as stored in the file (LyCORIS adds it in that dtype)."""
+        return float(torch.finfo(self.file_dtype).eps)
+
+    # ------------------------------------------------------------------ merged
+    def merged_weight(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:
+        """W + m·ΔW_s, or the DoRA form (W + ΔW_s)·(m·(g/N − 1) + 1); same shape/dtype as `weight`."""
+        dw = self.delta_weight(weight).reshape(weight.shape)
+        if self.dora_scale is None:
+            return weight + multiplier * dw
+        return dora_merge(weight + dw, self.dora_scale, multiplier, self.dora_axis, self.dora_eps)
+
+    # ------------------------------------------------------------------ bypass
+    def _dora_norm(self, layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
+        """N(W + ΔW_s) + eps in fp32 on x's device, cached per device (and per layer object)."""
+        key = ("dora_norm", x.device)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is layer:
+            return hit[1]
+        w = layer_weight(layer, x.new_empty((), dtype=torch.float32), self._where())
+        merged = w + self.delta_weight(w).reshape(w.shape)
+        n = dora_norm(merged, self.dora_axis, self.dora_eps)
+        self._cache[key] = (layer, n)
+        return n
+
+    def bypass(self, x: torch.Tensor, y: torch.Tensor, multiplier: Multiplier, layer: LayerSpec) -> torch.Tensor:
+        """y + m·ΔW_s·x, or, with DoRA, op(x, W', b) computed from y (output axis) or from W (input axis)."""
+        g = self.dora_scale
+        if g is None:
+            return y + multiplier * self.delta_act(x, layer)
+        norm = self._dora_norm(layer, x)
+        factor = dora_factor(g.to(device=x.device, dtype=torch.float32), norm, multiplier).to(x.dtype)
+        bias = layer_bias(layer, y)
+        if self.dora_axis == OUTPUT:
+            base = y if bias is None else y - channel_view(bias, layer, y.dim())
+            out = (base + self.delta_act(x, layer)) * channel_view(factor, layer, y.dim())
+            return out if bias is None else out + channel_view(bias, layer, y.dim())
+        # Input axis: W' = (W + ΔW_s)·diag(c) over input columns, i.e. scale x's channels by c first.
+        c = factor.reshape(-1)
+        groups = conv_groups(layer)
+        if groups > 1:
+            c = c.repeat(groups)
+        xs = x * channel_view(c, layer, x.dim())
+        w = layer_weight(layer, x, self._where())
+        return layer_op(layer, xs, w, bias) + self.delta_act(xs, layer)
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor carrying x's device and dtype (for `delta_weight`, which only reads those)."""
+    return x.new_empty(())

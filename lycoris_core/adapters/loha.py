@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""LoHa: ΔW = s·(w1_a@w1_b) ⊙ (w2_a@w2_b), Tucker form with `hada_t1`/`hada_t2` (reference §3.2).
+
+Written here rather than taken from lycoris-lora 4.1.3 because its merge (`get_diff_weight`) applies s twice
+(`get_weight` already includes s; reference §6.1.1). This is the rebuild-forward maths, s applied once. The
+Hadamard product does not factor through activations, so bypass builds ΔW_s and runs the layer's op with it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .additive import AdditiveAdapter
+from .base import lora_scale, read_alpha
+
+
+class LoHaAdapter(AdditiveAdapter):
+    """LoHa module: `hada_w{1,2}_a` (out, r), `hada_w{1,2}_b` (r, in·∏k); Tucker: `hada_t{1,2}` (r, r, k...),
+    `hada_w{1,2}_a` (r, out), `hada_w{1,2}_b` (r, in); `alpha`, optional `dora_scale`."""
+
+    algo = "loha"
+    REQUIRED = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    OPTIONAL = ("hada_t1", "hada_t2", "alpha", "dora_scale")
+
+    def __init__(self, name, tensors, source=""):
+        super().__init__(name, tensors, source)
+        for k in self.REQUIRED:
+            self._need(k)
+        t1, t2 = self.tensors.get("hada_t1"), self.tensors.get("hada_t2")
+        if (t1 is None) != (t2 is None):
+            present, missing = ("hada_t1", "hada_t2") if t1 is not None else ("hada_t2", "hada_t1")
+            raise self.format_error(missing, f"missing while '{present}' is present (Tucker LoHa needs both)")
+        self.tucker = t1 is not None
+        w1a, w1b, w2a, w2b = (self.tensors[k] for k in self.REQUIRED)
+        r = w1b.shape[0]
+        if self.tucker:
+            ok = (w1a.shape[0] == r and w2a.shape[0] == r and w2b.shape[0] == r and w1a.shape == w2a.shape
+                  and w1b.shape == w2b.shape and tuple(t1.shape[:2]) == (r, r) and t1.shape == t2.shape)
+        else:
+            ok = (w1a.dim() == 2 and w1a.shape[1] == r and w1a.shape == w2a.shape and w1b.shape == w2b.shape)
+        if not ok:
+            raise self.format_error("hada_w1_a", "factor shapes do not agree: " + ", ".join(
+                f"{k} {tuple(self.tensors[k].shape)}" for k in self.REQUIRED + (("hada_t1",) if self.tucker else ())))
+        self.rank = r
+        self.alpha = read_alpha(self.tensors.get("alpha"))
+        self.scale = lora_scale(self.alpha, r)
+
+    def expected_weight_shape(self):
+        """(out, in·∏k) for the plain form, (out, in, k...) for Tucker."""
+        w1a, w1b = self.tensors["hada_w1_a"], self.tensors["hada_w1_b"]
+        if self.tucker:
+            return (w1a.shape[1], w1b.shape[1], *self.tensors["hada_t1"].shape[2:])
+        return (w1a.shape[0], w1b.reshape(w1b.shape[0], -1).shape[1])
+
+    def shape_key(self):
+        return "hada_w1_a"
+
+    def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """s·T1 ⊙ T2 on `weight`'s device/dtype (s applied once)."""
+        w1a, w1b, w2a, w2b = (self.t(k, weight) for k in self.REQUIRED)
+        if self.tucker:
+            t1, t2 = self.t("hada_t1", weight), self.t("hada_t2", weight)
+            p1 = torch.einsum("ij...,io,jc->oc...", t1, w1a, w1b)
+            p2 = torch.einsum("ij...,io,jc->oc...", t2, w2a, w2b)
+        else:
+            p1 = w1a @ w1b.reshape(w1b.shape[0], -1)
+            p2 = w2a @ w2b.reshape(w2b.shape[0], -1)
+        return p1 * p2 * self.scale

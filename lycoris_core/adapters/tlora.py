@@ -1,0 +1,198 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""T-LoRA: ΔW(μ) = s·(P·diag(λ⊙μ)·Q − P0·diag(λ0⊙μ)·Q0) (reference §1.5, §4.2-4.3, `lycoris/modules/tlora.py`).
+
+Files hold `q_layer.weight` (r, in[,1..]), `p_layer.weight` (out, r[,1..]), `lambda_layer` (1, r), `alpha`
+(s = alpha/r); 4.1.3 does not save the frozen base, so P0, Q0, λ0 are the top-r SVD of the base weight
+(principal, zero-padded, λ0 padded with 1e-6), rounded to the file dtype like SimpleTuner's cast buffers. Stored
+`base_q.weight`/`base_p.weight`/`base_lambda` (official T-LoRA Ortho format) are used when present.
+
+The rank mask μ is `adapter.mask`, a (R,) float tensor (first r_active ranks 1) written in place by the schedule
+and read at every call; it is shared by every `to()` copy. None means all ranks. A mask longer than this module's
+rank is truncated, a shorter one padded with ones (4.1.3 `_get_mask`). A (B, R) mask gives per-sample masks in
+bypass (broadcast as (B, 1, ..., r), which 4.1.3 gets wrong, §4.6).
+
+Bypass is a rank-2r LoRA: down [Q; Q0], per-rank diagonal [λ⊙μ; −λ0⊙μ], up [P | P0], built once per
+(device, dtype) and cached on the instance; the SVD is computed once per adapter (and its copies). Convs with a
+kernel larger than 1 are rejected (4.1.3 is inconsistent there, §4.3).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ShapeMismatchError
+from ..layer import LayerSpec
+from .additive import AdditiveAdapter
+from .base import conv_fn, conv_groups, geometry, layer_weight, lora_scale, read_alpha
+
+_BASE_KEYS = ("base_q.weight", "base_p.weight", "base_lambda")
+
+
+def tlora_svd_base(weight: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-r SVD of `weight` (out, in[, 1...]) in fp32: P0 (out, r), Q0 (r, in), λ0 (r,).
+
+    Ranks beyond min(out, in) are zero vectors with λ0 = 1e-6, as LyCORIS pads them.
+    """
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    q0, p0, lam0 = vh[:r], u[:, :r], s[:r]
+    pad = r - q0.shape[0]
+    if pad > 0:
+        q0 = F.pad(q0, (0, 0, 0, pad))
+        p0 = F.pad(p0, (0, pad))
+        lam0 = F.pad(lam0, (0, pad), value=1e-6)
+    return p0.contiguous(), q0.contiguous(), lam0.contiguous()
+
+
+class TLoRAAdapter(AdditiveAdapter):
+    """T-LoRA module (see module docstring); `mask` is read at every call."""
+
+    algo = "tlora"
+    REQUIRED = ("q_layer.weight", "p_layer.weight", "lambda_layer")
+    OPTIONAL = ("alpha",) + _BASE_KEYS
+    supports_dora = False
+
+    @classmethod
+    def key_problems(cls, keys):
+        """(missing, unknown); the three base_* tensors come together or not at all."""
+        missing, unknown = super().key_problems(keys)
+        present = [k for k in _BASE_KEYS if k in keys]
+        if present and len(present) < len(_BASE_KEYS):
+            missing.extend(k for k in _BASE_KEYS if k not in keys)
+        return missing, unknown
+
+    def __init__(self, name, tensors, source=""):
+        super().__init__(name, tensors, source)
+        q, p, lam = (self._need(k) for k in self.REQUIRED)
+        r = q.shape[0]
+        if p.dim() < 2 or p.shape[1] != r or lam.numel() != r or any(d != 1 for d in tuple(q.shape[2:]) +
+                                                                      tuple(p.shape[2:])):
+            raise self.format_error("q_layer.weight", f"shapes q {tuple(q.shape)}, p {tuple(p.shape)}, lambda "
+                                    f"{tuple(lam.shape)} do not form a rank-{r} T-LoRA with 1x1 factors")
+        missing, _ = self.key_problems(set(self.tensors))
+        if missing:
+            raise self.format_error(missing[0], "missing (base_q.weight, base_p.weight and base_lambda go together)")
+        self.rank = r
+        self.alpha = read_alpha(self.tensors.get("alpha"))
+        self.scale = lora_scale(self.alpha, r)
+        self._mask_box = [None]  # shared with to() copies
+
+    # ------------------------------------------------------------------ mask
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The (R,) (or (B, R)) rank mask read at every call; None = all ranks."""
+        return self._mask_box[0]
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._mask_box[0] = value
+
+    def _mask_vec(self, like: torch.Tensor) -> torch.Tensor | None:
+        """μ truncated / one-padded to this module's rank, on like's device/dtype: (r,) or (B, r)."""
+        mask = self.mask
+        if mask is None:
+            return None
+        mask = mask.to(device=like.device, dtype=like.dtype)
+        r, big = self.rank, mask.shape[-1]
+        if big >= r:
+            return mask[..., :r]
+        return torch.cat([mask, mask.new_ones(*mask.shape[:-1], r - big)], dim=-1)
+
+    # ------------------------------------------------------------------ shapes
+    def expected_weight_shape(self):
+        """(out, in[, 1...]) from p_layer/q_layer."""
+        q, p = self.tensors["q_layer.weight"], self.tensors["p_layer.weight"]
+        return (p.shape[0], *q.shape[1:])
+
+    def shape_key(self):
+        return "q_layer.weight"
+
+    def check_target(self, weight_shape, where):
+        """Reject convs with kernel > 1, then the usual shape check."""
+        if len(weight_shape) > 2 and math.prod(weight_shape[2:]) != 1:
+            raise ShapeMismatchError(
+                f"{self._where()}: T-LoRA on a convolution with kernel {tuple(weight_shape[2:])} at {where} is not "
+                f"supported (only Linear and 1x1 convolutions; lycoris-lora itself is inconsistent there). "
+                f"Fix: retrain with T-LoRA on Linear layers only, or use a LoCon/LoKr file for convolutions.")
+        super().check_target(weight_shape, where)
+
+    # ------------------------------------------------------------------ base
+    def prepare_base(self, weight: torch.Tensor) -> None:
+        """Compute (once) the SVD base from the *unpatched* base weight; later calls reuse it."""
+        self._base(lambda: weight)
+
+    def _base(self, weight_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(P0 (out, r), Q0 (r, in), λ0 (r,)) in fp32, stored or from the SVD of `weight_fn()`, cached (shared
+        with `to()` copies, so the SVD runs once per adapter)."""
+        base = self._shared.get("tlora_base")
+        if base is not None:
+            return base
+        r = self.rank
+        if all(k in self.tensors for k in _BASE_KEYS):
+            p0 = self.tensors["base_p.weight"].float().reshape(-1, r)
+            q0 = self.tensors["base_q.weight"].float().reshape(r, -1)
+            lam0 = self.tensors["base_lambda"].float().reshape(r)
+        else:
+            weight = weight_fn()
+            # SimpleTuner casts the network (buffers included) to the file dtype: round the base the same way.
+            p0, q0, lam0 = (t.to(self.file_dtype).float() for t in tlora_svd_base(weight, r))
+        base = self._shared["tlora_base"] = (p0, q0, lam0)
+        return base
+
+    def _factors(self, like: torch.Tensor, weight_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(down [Q; Q0] (2r, in), up [P | P0] (out, 2r), λ2 [λ; −λ0] (2r,)) on like's device/dtype, cached."""
+        key = ("tlora_factors", like.device, like.dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        r = self.rank
+        p0, q0, lam0 = self._base(weight_fn)
+        q = self.tensors["q_layer.weight"].reshape(r, -1)
+        p = self.tensors["p_layer.weight"].reshape(-1, r)
+        lam = self.tensors["lambda_layer"].reshape(r)
+        dev, dt = like.device, like.dtype
+        down = torch.cat([q.to(dev, dt), q0.to(dev, dt)], dim=0)
+        up = torch.cat([p.to(dev, dt), p0.to(dev, dt)], dim=1)
+        lam2 = torch.cat([lam.to(dev, dt), -lam0.to(dev, dt)])
+        hit = self._cache[key] = (down, up, lam2)
+        return hit
+
+    def _lam_eff(self, lam2: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        mu = self._mask_vec(like)
+        if mu is None:
+            return lam2
+        return lam2 * torch.cat([mu, mu], dim=-1)
+
+    # ------------------------------------------------------------------ maths
+    def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """s·(P diag(λ⊙μ) Q − P0 diag(λ0⊙μ) Q0) with the current mask; `weight` is the base weight (used for
+        the SVD the first time). A per-sample (B, R) mask cannot be merged."""
+        down, up, lam2 = self._factors(weight, lambda: weight)
+        lam_eff = self._lam_eff(lam2, weight)
+        if lam_eff.dim() != 1:
+            raise ValueError(f"{self._where()}: a per-sample T-LoRA mask {tuple(self.mask.shape)} cannot be merged "
+                             f"into one weight; use bypass")
+        return ((up * lam_eff) @ down * self.scale).reshape(self.expected_weight_shape())
+
+    def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+        """s·[P((Qx)⊙λμ) − P0((Q0x)⊙λ0μ)] as one rank-2r LoRA (no bias)."""
+        down, up, lam2 = self._factors(x, lambda: layer_weight(layer, x.new_empty((), dtype=torch.float32),
+                                                                self._where()))
+        lam_eff = self._lam_eff(lam2, x)
+        if layer.kind == "linear":
+            if lam_eff.dim() == 2:  # per-sample (B, 2r) -> (B, 1, ..., 2r)
+                lam_eff = lam_eff.reshape(lam_eff.shape[0], *([1] * (x.dim() - 2)), -1)
+            return F.linear(F.linear(x, down) * lam_eff, up) * self.scale
+        if layer.kind != "conv":
+            raise ValueError(f"{self._where()}: T-LoRA on a {layer.kind!r} layer")
+        nd = len(layer.weight_shape)
+        if math.prod(layer.weight_shape[2:]) != 1 or conv_groups(layer) != 1:
+            raise ShapeMismatchError(f"{self._where()}: T-LoRA supports only 1x1, ungrouped convolutions "
+                                     f"(layer weight {tuple(layer.weight_shape)})")
+        conv, ones = conv_fn(nd), [1] * (nd - 2)
+        h = conv(x, down.reshape(*down.shape, *ones), **geometry(layer, groups=False))
+        lead = 1 if lam_eff.dim() == 1 else lam_eff.shape[0]  # per-sample: (B, 2r, 1, ...)
+        h = h * lam_eff.reshape(lead, -1, *([1] * (h.dim() - 2)))
+        return conv(h, up.reshape(*up.shape, *ones)) * self.scale
