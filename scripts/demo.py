@@ -70,14 +70,19 @@ ADAPTER_INPUTS = re.compile(r"(lora|lycoris|adapter)(_name)?$")
 ALGOS = ("tlora", "lokr", "loha", "locon", "dora", "glora", "boft", "oft", "ia3", "full", "norm", "dylora", "lora")
 
 
+TWIN_FAMILIES = ("flux2", "flux1", "sdxl", "sd15")  # LycoTestTinyModel / lyco_testkit.twins families
+
+
 def model_family(name: str) -> str:
-    """Family of a real checkpoint / diffusion-model file name: flux2, flux, sd15 or (default) sd2."""
+    """Family of a real checkpoint / diffusion-model file name: flux2, flux1, sdxl, sd15 or (default) sd2."""
     n = name.lower()
     if re.search(r"flux[ ._-]?2", n):
         return "flux2"
     if "flux" in n:
-        return "flux"
-    if re.search(r"sd[ ._-]?1[ ._-]?5|v1-5|sd15", n):
+        return "flux1"
+    if re.search(r"sd[ ._-]?xl", n):
+        return "sdxl"
+    if re.search(r"sd[ ._-]?1[ ._-]?5|v1-5", n):
         return "sd15"
     return "sd2"
 
@@ -95,9 +100,10 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
     ==========================================  ===========================================================
     node                                        becomes
     ==========================================  ===========================================================
-    UNETLoader / CheckpointLoader* (Flux, F2)   ``LycoTestTinyModel(family)``; a checkpoint's VAE output is
-                                                 rewired to a new VAELoader
-    UNETLoader / CheckpointLoader* (others)     ``UNETLoader(tiny_sd2 | tiny_sd15)``
+    UNETLoader / CheckpointLoader* of a Flux 2, ``LycoTestTinyModel(family)``, the test pack's twin (same weights
+    Flux 1, SDXL or SD1.5 file                   as the diffusers twin LyCORIS files are made on); a
+                                                 checkpoint's VAE output is rewired to a new VAELoader
+    UNETLoader / CheckpointLoader* (others)     stock ``UNETLoader(tiny_sd2)``
     CLIPTextEncode*                             ``LycoTestConditioning`` shaped by the model (CLIP loaders
                                                  left unused are dropped)
     VAELoader                                   tiny TAESD of the family's latent channels
@@ -126,7 +132,7 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
         real = str(inp.get(MODEL_LOADERS[ct], ""))
         fam = model_family(real)
         family, model_src = family or fam, model_src or nid
-        if fam in ("flux", "flux2"):
+        if fam in TWIN_FAMILIES:
             g[nid] = {"class_type": "LycoTestTinyModel", "inputs": {"family": fam, "seed": 0},
                       "_meta": node.get("_meta", {})}
         else:
@@ -253,8 +259,8 @@ def main(argv=None) -> int:
     from lyco_testkit.server import ComfyServer, ComfyServerError, PromptValidationError, PromptExecutionError
     from lyco_testkit import server_models as sm
 
-    tiny = {"unet:sd2": sm.TINY_SD2, "unet:sd15": sm.TINY_SD15, "vae:sd2": sm.TINY_TAESD4,
-            "vae:sd15": sm.TINY_TAESD4, "vae:flux": sm.TINY_TAESD16, "vae:flux2": sm.TINY_TAESD128}
+    tiny = {"unet:sd2": sm.TINY_SD2, "vae:sd2": sm.TINY_TAESD4, "vae:sd15": sm.TINY_TAESD4,
+            "vae:sdxl": sm.TINY_TAESD4, "vae:flux1": sm.TINY_TAESD16, "vae:flux2": sm.TINY_TAESD128}
     jobs = dict(builtin_workflows(tiny))
     wf_dir = args.workflow_dir.resolve()
     files = sorted(wf_dir.glob("*.json")) if wf_dir.is_dir() else []

@@ -76,9 +76,12 @@ def import_comfy(cpu: bool = True):
 
     Puts ``COMFYUI_PATH`` at the front of ``sys.path`` (removing other copies of it), refuses to continue if
     a foreign ``nodes`` module is already imported (the pack's ``nodes/`` shadowing ComfyUI's ``nodes.py``),
-    and sets ``comfy.cli_args.args.cpu = cpu`` before ``comfy.model_management`` is imported. When it is
-    already imported, a mismatch raises instead of silently running on the wrong device.
+    and sets ``comfy.cli_args.args.cpu = cpu`` before ``comfy.model_management`` is imported. When that is
+    already imported (inside a ComfyUI server, or a second call), nothing changes: the loaded tree and device
+    mode stay.
     """
+    if "comfy.model_management" in sys.modules:  # already imported (e.g. inside a running ComfyUI server):
+        return sys.modules["comfy"]                # keep that tree and its device mode
     reason = comfyui_unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -91,12 +94,7 @@ def import_comfy(cpu: bool = True):
                            "lyco_testkit.host.import_comfy() before anything else imports 'nodes'.")
     import comfy.cli_args  # parses [] unless comfy.options.enable_args_parsing() was called
 
-    if "comfy.model_management" in sys.modules:
-        mm = sys.modules["comfy.model_management"]
-        if cpu and mm.cpu_state != mm.CPUState.CPU:
-            raise RuntimeError("comfy.model_management was imported before import_comfy(cpu=True)")
-    else:
-        comfy.cli_args.args.cpu = bool(cpu)
+    comfy.cli_args.args.cpu = bool(cpu)
     import comfy
     return comfy
 

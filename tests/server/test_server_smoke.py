@@ -82,6 +82,60 @@ def test_test_pack_conditioning_drives_sd2(comfy_server):
     assert png_size(comfy_server.image(entry)) == (64, 64)
 
 
+
+LATENT_FOR_FAMILY = {  # (empty-latent node, tiny TAESD with the family's latent channels)
+    "flux2": ("EmptyFlux2LatentImage", "tiny_taesd128.safetensors"),
+    "flux1": ("EmptySD3LatentImage", "tiny_taesd16.safetensors"),
+    "sdxl": ("EmptyLatentImage", TINY_TAESD4),
+    "sd15": ("EmptyLatentImage", TINY_TAESD4),
+}
+
+
+def test_test_pack_families_match_twins():
+    """The test pack's family combo mirrors lyco_testkit.twins.FAMILIES (read without importing torch)."""
+    import ast
+    from pathlib import Path
+
+    from lyco_testkit import host
+
+    twins = host.TESTS_DIR / "lyco_testkit" / "twins.py"
+    if not twins.exists():
+        pytest.skip("lyco_testkit/twins.py not written yet")
+    tree = ast.parse(twins.read_text())
+    fams = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", None) == "FAMILIES" for t in n.targets))
+    pack = ast.parse((host.TEST_PACK_DIR / "__init__.py").read_text())
+    ours = next(ast.literal_eval(n.value) for n in pack.body if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", None) == "FAMILIES" for t in n.targets))
+    assert set(ours) == set(fams)
+    assert set(LATENT_FOR_FAMILY) == set(fams)
+    assert Path(twins).is_file()
+
+
+@pytest.mark.parametrize("family", list(LATENT_FOR_FAMILY))
+def test_tiny_twin_model_samples(comfy_server, family):
+    """LycoTestTinyModel (a twin ComfyUI cannot auto-detect) + LycoTestConditioning run through KSampler."""
+    latent_node, vae = LATENT_FOR_FAMILY[family]
+    prompt = {
+        "1": {"class_type": "LycoTestTinyModel", "inputs": {"family": family, "seed": 0}},
+        "2": {"class_type": "LycoTestConditioning",
+              "inputs": {"tokens": 8, "dim": 1, "pooled_dim": 0, "seed": 3, "scale": 1.0, "model": ["1", 0]}},
+        "3": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}},
+        "4": {"class_type": latent_node, "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 2, "cfg": 2.0,
+                                                   "sampler_name": "euler", "scheduler": "simple",
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": f"twin_{family}"}},
+    }
+    entry = comfy_server.queue(prompt, timeout=180)
+    print(f"\n{family} twin workflow: {entry['wall_seconds']:.2f} s")
+    w, h = png_size(comfy_server.image(entry))
+    assert w == h and w in (32, 64)  # Flux 2: 128-ch latent at /16, TAESD decodes x8
+
+
 def test_pack_import_did_not_fail(comfy_server):
     """The pack may register no nodes yet, but ComfyUI must not report ``(IMPORT FAILED)`` for it."""
     failed = [line for line in comfy_server.log_text().splitlines()

@@ -3,7 +3,8 @@
 
 Never shipped. It lets API-format prompts use models ComfyUI's auto-detection cannot load tiny:
 
-- ``LycoTestTinyModel``: an in-memory tiny Flux / Flux 2 MODEL from ``lyco_testkit.twins.build_comfy_twin``;
+- ``LycoTestTinyModel``: an in-memory tiny Flux 2 / Flux 1 / SDXL / SD1.5 MODEL from
+  ``lyco_testkit.twins.build_comfy_twin`` (auto-detection cannot load tiny Flux);
 - ``LycoTestConditioning``: a CONDITIONING of a given shape filled from a seed (no text encoder needed); with
   its optional ``model`` input connected, the shape follows that model (context dim, pooled dim).
 
@@ -18,7 +19,7 @@ import sys
 
 # The repo's tests/ (through the custom_nodes symlink); env LYCO_TESTS_DIR points elsewhere (harness self-tests).
 TESTS_DIR = os.environ.get("LYCO_TESTS_DIR") or os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-FAMILIES = ["flux", "flux2"]
+FAMILIES = ["flux2", "flux1", "sdxl", "sd15"]  # lyco_testkit.twins.FAMILIES (a server test checks they agree)
 MAX_INT = 0xFFFFFFFF
 
 
@@ -31,7 +32,8 @@ def _testkit(module: str):
 
 
 class LycoTestTinyModel:
-    """A tiny programmatic Flux / Flux 2 (comfyui-host.md §9.6) as a MODEL, built by lyco_testkit.twins."""
+    """A tiny programmatic model (Flux 2, Flux 1, SDXL, SD1.5; comfyui-host.md §9.6) as a MODEL, built by
+    lyco_testkit.twins with the same weights as its diffusers twin (so LyCORIS files made there apply)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -61,8 +63,8 @@ def conditioning_dims(model) -> tuple[int, int]:
         dim = ((cfg.get("context_embedder_config") or {}).get("params") or {}).get("in_features")
     if "vec_in_dim" in cfg or isinstance(base, comfy.model_base.Flux):
         pooled = cfg.get("vec_in_dim") or 1  # Flux.encode_adm needs pooled_output even when unused
-    elif isinstance(base, comfy.model_base.SDXL):
-        pooled = 1280
+    elif isinstance(base, comfy.model_base.SDXL):  # adm = pooled + 6 size embeddings of 256
+        pooled = int(cfg.get("adm_in_channels") or 2816) - 6 * 256
     else:
         pooled = cfg.get("adm_in_channels") or 0
     if not dim:
