@@ -181,6 +181,11 @@ def family_of(model_patcher) -> str:
                 return "z_image"
             return fam
     if "num_res_blocks" in cfg:  # plain BaseModel UNets: SD1.x / SD2.x and their variants
+        conf = type(getattr(model, "model_config", None)).__name__
+        if conf.startswith("SD15"):
+            return "sd15"
+        if conf.startswith(("SD20", "SD21", "SD2_")):
+            return "sd2"
         ctx = cfg.get("context_dim")
         if ctx == 768:
             return "sd15"

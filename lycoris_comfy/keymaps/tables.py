@@ -160,5 +160,116 @@ CHROMA = Family(
 )
 
 
-ALL: tuple[Family, ...] = (FLUX2, FLUX1, CHROMA)
+# --------------------------------------------------------------------------------------------------------------
+# SDXL and SD 1.x / 2.x UNets  (comfy.model_base.SDXL / BaseModel, comfy.ldm.modules.diffusionmodules.openaimodel
+# .UNetModel; diffusers.UNet2DConditionModel). comfy.utils.unet_to_diffusers, computed from the model's own
+# unet_config, is right (ComfyUI accepts lycoris_<diffusers> for UNets itself); nothing to add.
+_UNET_ACCEPT = (
+    r"(down_blocks_\d+|up_blocks_\d+|mid_block)_resnets_\d+_(conv1|conv2|time_emb_proj|conv_shortcut|norm1|norm2)",
+    r"(down_blocks_\d+|up_blocks_\d+|mid_block)_attentions_\d+_(proj_in|proj_out|norm)",
+    r"(down_blocks_\d+|up_blocks_\d+|mid_block)_attentions_\d+_transformer_blocks_\d+_"
+    r"(attn[12]_(to_q|to_k|to_v|to_out_0|to_out)|ff_net_0_proj|ff_net_2|norm[123])",
+    r"down_blocks_\d+_downsamplers_0_conv", r"up_blocks_\d+_upsamplers_0_conv",
+    r"conv_in|conv_out|conv_norm_out|time_embedding_linear_[12]|add_embedding_linear_[12]|class_embedding_linear_[12]",
+    # ComfyUI / kohya paths
+    r"(input_blocks|output_blocks)_\d+_\d+_\w+", r"middle_block_\d+_\w+", r"(time_embed|label_emb_0|out)_\d+(_\d+)?",
+)
+SDXL = Family(
+    name="sdxl",
+    comfy_class="comfy.model_base.SDXL (comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel)",
+    diffusers_class="diffusers.UNet2DConditionModel (SDXL config)",
+    builtin="unet_to_diffusers",
+    accept=_UNET_ACCEPT,
+    tested=True,
+    signature=(r"^add_embedding_", r"^(down_blocks_[12]|mid_block|up_blocks_[01])_attentions_\d+_transformer_blocks_[1-9]",
+               r"^up_blocks_0_attentions", r"^label_emb_", r"^input_blocks_[4578]_1_transformer_blocks_[1-9]"),
+    exclude=(r"^down_blocks_0_attentions", r"^down_blocks_3_", r"^up_blocks_3_", r"^input_blocks_(1|2|9|10|11)_1_"),
+)
+SD15 = Family(
+    name="sd15",
+    comfy_class="comfy.model_base.BaseModel with supported_models.SD15 / SD20 (openaimodel.UNetModel)",
+    diffusers_class="diffusers.UNet2DConditionModel (SD 1.x / 2.x config)",
+    builtin="unet_to_diffusers",
+    accept=_UNET_ACCEPT,
+    notes="SD 1.x and 2.x share all module names (family_of says sd15 / sd2).",
+    tested=True,
+    signature=(r"^down_blocks_0_attentions", r"^up_blocks_3_attentions", r"^down_blocks_3_", r"^input_blocks_(1|2)_1_"),
+    exclude=(r"transformer_blocks_[1-9]", r"^add_embedding_", r"^label_emb_", r"^up_blocks_0_attentions"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# SD3 / SD3.5  (comfy.model_base.SD3 / comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper;
+# diffusers.SD3Transformer2DModel). comfy.utils.mmdit_to_diffusers is right (q/k/v thirds of joint qkv, SD3.5's
+# attn2, qk norms, norm_out swapped); we re-state the fused slices shape-driven.
+SD3 = Family(
+    name="sd3",
+    comfy_class="comfy.model_base.SD3 (comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper)",
+    diffusers_class="diffusers.SD3Transformer2DModel",
+    builtin="mmdit_to_diffusers",
+    rows=(
+        ("transformer_blocks.{i}.attn.to_q", "joint_blocks.{i}.x_block.attn.qkv", Q),
+        ("transformer_blocks.{i}.attn.to_k", "joint_blocks.{i}.x_block.attn.qkv", K),
+        ("transformer_blocks.{i}.attn.to_v", "joint_blocks.{i}.x_block.attn.qkv", V),
+        ("transformer_blocks.{i}.attn.add_q_proj", "joint_blocks.{i}.context_block.attn.qkv", Q),
+        ("transformer_blocks.{i}.attn.add_k_proj", "joint_blocks.{i}.context_block.attn.qkv", K),
+        ("transformer_blocks.{i}.attn.add_v_proj", "joint_blocks.{i}.context_block.attn.qkv", V),
+        ("transformer_blocks.{i}.attn2.to_q", "joint_blocks.{i}.x_block.attn2.qkv", Q),
+        ("transformer_blocks.{i}.attn2.to_k", "joint_blocks.{i}.x_block.attn2.qkv", K),
+        ("transformer_blocks.{i}.attn2.to_v", "joint_blocks.{i}.x_block.attn2.qkv", V),
+    ),
+    accept=(r"transformer_blocks_\d+_(norm1|norm1_context)_linear",
+            r"transformer_blocks_\d+_attn2?_(to_out_0|to_add_out|norm_q|norm_k|norm_added_q|norm_added_k)",
+            r"transformer_blocks_\d+_ff(_context)?_net_(0_proj|2)", r"pos_embed_proj|context_embedder|proj_out|norm_out_linear",
+            r"time_text_embed_(timestep|text)_embedder_linear_[12]",
+            r"joint_blocks_\d+_(x_block|context_block)_\w+", r"(x_embedder_proj|t_embedder_mlp_[02]|y_embedder_mlp_[02])",
+            r"final_layer_(linear|adaLN_modulation_1)"),
+    tested=True,
+    signature=(r"^joint_blocks_", r"transformer_blocks_\d+_attn2_", r"^pos_embed_proj$", r"^time_text_embed_text_embedder"),
+    exclude=(r"^single_transformer_blocks_", r"^double_blocks_", r"^single_blocks_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# AuraFlow  (comfy.model_base.AuraFlow / comfy.ldm.aura.mmdit.MMDiT; diffusers.AuraFlowTransformer2DModel)
+# comfy.utils.auraflow_to_diffusers is right; ComfyUI itself only accepts the transformer.<d> spelling.
+AURAFLOW = Family(
+    name="auraflow",
+    comfy_class="comfy.model_base.AuraFlow (comfy.ldm.aura.mmdit.MMDiT)",
+    diffusers_class="diffusers.AuraFlowTransformer2DModel",
+    builtin="auraflow_to_diffusers",
+    accept=(r"(joint_transformer_blocks|single_transformer_blocks)_\d+_(attn_(to_q|to_k|to_v|to_out_0|add_q_proj|"
+            r"add_k_proj|add_v_proj|to_add_out)|ff(_context)?_(linear_1|linear_2|out_projection)|norm1(_context)?_linear)",
+            r"time_step_proj_linear_[12]|context_embedder|pos_embed_proj|proj_out|norm_out_linear",
+            r"(double_layers|single_layers)_\d+_\w+", r"t_embedder_mlp_[02]|cond_seq_linear|init_x_linear|final_linear|modF_1"),
+    tested=True,
+    signature=(r"^joint_transformer_blocks_", r"_ff(_context)?_out_projection$", r"^(double|single)_layers_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# PixArt Sigma / Alpha  (comfy.model_base.PixArt / comfy.ldm.pixart.pixartms.PixArtMS;
+# diffusers.PixArtTransformer2DModel). comfy.utils.pixart_to_diffusers is right (attn1 q/k/v thirds of
+# attn.qkv, attn2 k/v halves of cross_attn.kv_linear); we re-state the fused slices shape-driven.
+PIXART = Family(
+    name="pixart",
+    comfy_class="comfy.model_base.PixArt (comfy.ldm.pixart.pixartms.PixArtMS)",
+    diffusers_class="diffusers.PixArtTransformer2DModel",
+    builtin="pixart_to_diffusers",
+    rows=(
+        ("transformer_blocks.{i}.attn1.to_q", "blocks.{i}.attn.qkv", Q),
+        ("transformer_blocks.{i}.attn1.to_k", "blocks.{i}.attn.qkv", K),
+        ("transformer_blocks.{i}.attn1.to_v", "blocks.{i}.attn.qkv", V),
+        ("transformer_blocks.{i}.attn2.to_q", "blocks.{i}.cross_attn.q_linear", None),
+        ("transformer_blocks.{i}.attn2.to_k", "blocks.{i}.cross_attn.kv_linear", KV_K),
+        ("transformer_blocks.{i}.attn2.to_v", "blocks.{i}.cross_attn.kv_linear", KV_V),
+    ),
+    accept=(r"transformer_blocks_\d+_(attn[12]_to_out_0|ff_net_(0_proj|2))",
+            r"adaln_single_(emb_(resolution_embedder|aspect_ratio_embedder|timestep_embedder)_linear_[12]|linear)",
+            r"pos_embed_proj|caption_projection_linear_[12]|proj_out",
+            r"blocks_\d+_\w+", r"(csize_embedder|ar_embedder|t_embedder)_mlp_[02]|x_embedder_proj|y_embedder_y_proj_fc[12]",
+            r"t_block_1|final_layer_linear"),
+    tested=True,
+    signature=(r"^adaln_single_", r"^caption_projection_", r"^t_block_1$", r"^blocks_\d+_cross_attn_"),
+)
+
+
+ALL: tuple[Family, ...] = (FLUX2, FLUX1, CHROMA, SDXL, SD15, SD3, AURAFLOW, PIXART)
 ALIASES = {"sd2": "sd15", "chroma_radiance": "chroma"}

@@ -98,6 +98,38 @@ def patched_converter(name, **replace):
     return ns[name]
 
 
+def apply_comfy_map(sd_map, dsd):
+    """diffusers state dict -> ComfyUI, through a comfy.utils *_to_diffusers map (convert_diffusers_mmdit's loop,
+    with the model's real width instead of the converter's default)."""
+    import comfy.utils
+
+    out = {}
+    for dk, t in sd_map.items():
+        if dk not in dsd:
+            continue
+        w = dsd[dk]
+        if isinstance(t, str):
+            out[t] = w.clone()
+            continue
+        key, offset = t[0], t[1]
+        fn = t[2] if len(t) > 2 else (lambda a: a)
+        if offset is None:
+            out[key] = fn(w).clone()
+            continue
+        full = out.get(key)
+        need = offset[1] + offset[2]
+        if full is None or full.shape[offset[0]] < need:
+            shape = list(w.shape)
+            shape[offset[0]] = need
+            new = torch.zeros(shape, dtype=w.dtype)
+            if full is not None:
+                new.narrow(offset[0], 0, full.shape[offset[0]]).copy_(full)
+            full = new
+        full.narrow(*offset).copy_(fn(w))
+        out[key] = full
+    return out
+
+
 class Twin:
     """A diffusers model and a ComfyUI patcher holding the same weights (when ``exact``)."""
 
@@ -163,10 +195,119 @@ def build_chroma(seed=0):
     return Twin("chroma", d, p, exact=True)
 
 
+def _unet_pair(family, dcfg, ucfg, seed):
+    from diffusers import UNet2DConditionModel
+
+    d = UNet2DConditionModel(**dcfg)
+    cls = {"sdxl": comfy.supported_models.SDXL, "sd15": comfy.supported_models.SD15,
+           "sd2": comfy.supported_models.SD20}[family]
+    p = comfy_patcher(cls, ucfg, seed)
+    conv = patched_converter("convert_ldm_unet_checkpoint")
+    ckpt = {"model.diffusion_model." + k: v for k, v in comfy_sd(p).items()}
+    _load_into(d, conv(ckpt, dict(d.config)))
+    return Twin(family, d, p, exact=True)
+
+
+def build_sdxl(seed=0):
+    # SDXL's real layout, narrowed: level 0 without attention, levels 1-2 with 1/2 transformer blocks, mid with 2
+    dcfg = dict(sample_size=16, in_channels=4, out_channels=4,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 1, 2),
+                attention_head_dim=(1, 1, 1), cross_attention_dim=48, use_linear_projection=True,
+                norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=16,
+                projection_class_embeddings_input_dim=24 + 6 * 16)
+    ucfg = dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=32,
+                num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 2], transformer_depth=[0, 0, 1, 1, 2, 2],
+                transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=2,
+                use_linear_in_transformer=True, context_dim=48, num_heads=1, num_head_channels=-1,
+                use_spatial_transformer=True, legacy=False, num_classes="sequential", adm_in_channels=24 + 6 * 16,
+                use_temporal_attention=False, use_temporal_resblock=False)
+    return _unet_pair("sdxl", dcfg, ucfg, seed)
+
+
+def build_sd15(seed=0):
+    # SD 1.5's real layout (3 attention levels + a plain one), narrowed
+    dcfg = dict(sample_size=16, in_channels=4, out_channels=4,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                block_out_channels=(32, 32, 64, 64), layers_per_block=1, attention_head_dim=2,
+                cross_attention_dim=48, use_linear_projection=False, norm_num_groups=32)
+    ucfg = dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=32,
+                num_res_blocks=[1, 1, 1, 1], channel_mult=[1, 1, 2, 2], transformer_depth=[1, 1, 1, 0],
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                use_linear_in_transformer=False, context_dim=48, num_heads=2, num_head_channels=-1,
+                use_spatial_transformer=True, legacy=False, adm_in_channels=None, use_temporal_attention=False,
+                use_temporal_resblock=False)
+    return _unet_pair("sd15", dcfg, ucfg, seed)
+
+
+def build_sd3(seed=0):
+    # SD3.5-medium-like: qk RMS norms and a dual-attention (attn2) layer 0; depth 2 -> hidden 128 (ComfyUI: 64/depth)
+    from diffusers import SD3Transformer2DModel
+
+    d = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
+                              num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=128,
+                              pooled_projection_dim=24, out_channels=16, pos_embed_max_size=8,
+                              dual_attention_layers=(0,), qk_norm="rms_norm")
+    ucfg = dict(in_channels=16, patch_size=2, out_channels=16, depth=2, input_size=None, adm_in_channels=24,
+                context_embedder_config={"target": "torch.nn.Linear",
+                                         "params": {"in_features": 32, "out_features": 128}},
+                num_patches=64, pos_embed_max_size=8, qk_norm="rms", pos_embed_scaling_factor=None,
+                x_block_self_attn_layers=[0])
+    p = comfy_patcher(comfy.supported_models.SD3, ucfg, seed)
+    conv = patched_converter("convert_sd3_transformer_checkpoint_to_diffusers")
+    _load_into(d, conv(comfy_sd(p)))
+    return Twin("sd3", d, p, exact=True)
+
+
+def build_auraflow(seed=0):
+    from diffusers import AuraFlowTransformer2DModel
+
+    d = AuraFlowTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1,
+                                   num_single_dit_layers=2, attention_head_dim=32, num_attention_heads=2,
+                                   joint_attention_dim=24, caption_projection_dim=64, out_channels=4,
+                                   pos_embed_max_size=64)
+    ucfg = dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=3, n_double_layers=1, n_heads=2,
+                global_conddim=64, cond_seq_dim=24, max_seq=64)
+    p = comfy_patcher(comfy.supported_models.AuraFlow, ucfg, seed)
+    conv = patched_converter("convert_auraflow_transformer_checkpoint_to_diffusers")
+    _load_into(d, conv(comfy_sd(p)))
+    return Twin("auraflow", d, p, exact=True)
+
+
+def build_pixart(seed=0):
+    # no diffusers converter for PixArt in the package: ComfyUI's own convert_diffusers_mmdit is the reference
+    from diffusers import PixArtTransformer2DModel
+    import comfy.model_detection
+
+    d = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=8,
+                                 num_layers=2, cross_attention_dim=64, norm_type="ada_norm_single",
+                                 caption_channels=24, use_additional_conditions=False, sample_size=8, patch_size=2,
+                                 interpolation_scale=1)
+    ucfg = dict(image_model="pixart_sigma", num_heads=2, patch_size=2, hidden_size=64, in_channels=4, depth=2,
+                model_max_length=16, input_size=16, pe_interpolation=1, micro_condition=False, caption_channels=24)
+    p = comfy_patcher(comfy.supported_models.PixArtSigma, ucfg, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in d.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
+    csd = apply_comfy_map(comfy.utils.pixart_to_diffusers({"depth": 2, "hidden_size": 64}), d.state_dict())
+    missing, unexpected = p.model.diffusion_model.load_state_dict(csd, strict=False)
+    assert not unexpected, unexpected
+    assert all(not k.endswith("weight") or "pos_embed" in k for k in missing), missing
+    return Twin("pixart", d, p, exact=True, note="reference: ComfyUI's convert_diffusers_mmdit")
+
+
 BUILDERS = {
     "flux2": build_flux2,
     "flux1": build_flux1,
     "chroma": build_chroma,
+    "sdxl": build_sdxl,
+    "sd15": build_sd15,
+    "sd3": build_sd3,
+    "auraflow": build_auraflow,
+    "pixart": build_pixart,
 }
 
 _TWINS = {}
