@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -67,7 +68,9 @@ MODEL_LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "Chec
 CLIP_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader", "CLIPLoaderGGUF",
                 "DualCLIPLoaderGGUF"}
 ADAPTER_INPUTS = re.compile(r"(lora|lycoris|adapter)(_name)?$")
-ALGOS = ("tlora", "lokr", "loha", "locon", "dora", "glora", "boft", "oft", "ia3", "full", "norm", "dylora", "lora")
+# file-name token -> lyco_testkit.lycoris_files algo (first match wins; no token: SimpleTuner's family preset)
+ALGO_TOKENS = (("tlora", "tlora"), ("lokr", "lokr"), ("loha", "loha"), ("locon", "locon"), ("dora", "dora"),
+               ("glora", "glora"), ("boft", "boft"), ("oft", "diag-oft"), ("ia3", "ia3"), ("full", "full"))
 
 
 TWIN_FAMILIES = ("flux2", "flux1", "sdxl", "sd15")  # LycoTestTinyModel / lyco_testkit.twins families
@@ -88,8 +91,9 @@ def model_family(name: str) -> str:
 
 
 def adapter_algo(name: str) -> str:
+    """The LyCORIS algorithm a real adapter file name suggests (``simpletuner``: the family's preset)."""
     n = re.sub(r"[^a-z0-9]", "", Path(name).stem.lower())
-    return next((a for a in ALGOS if a in n), "lora")
+    return next((algo for token, algo in ALGO_TOKENS if token in n), "simpletuner")
 
 
 def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict, list[str]]:
@@ -106,6 +110,7 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
     UNETLoader / CheckpointLoader* (others)     stock ``UNETLoader(tiny_sd2)``
     CLIPTextEncode*                             ``LycoTestConditioning`` shaped by the model (CLIP loaders
                                                  left unused are dropped)
+    LoraLoader                                  ``LoraLoaderModelOnly`` (no CLIP any more)
     VAELoader                                   tiny TAESD of the family's latent channels
     Empty*LatentImage                           64×64, batch 1
     any ``steps`` input                         at most 4
@@ -160,6 +165,12 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
                 raise SkipWorkflow("text encoder without a model loader: cannot shape the conditioning")
             g[nid]["inputs"]["model"] = [model_src, 0]
             notes.append(f"{nid} {ct} -> LycoTestConditioning")
+        elif ct == "LoraLoader":  # text encoders are replaced, so the CLIP half goes
+            g[nid] = node = {"class_type": "LoraLoaderModelOnly", "_meta": node.get("_meta", {}),
+                             "inputs": {"model": inp.get("model"), "lora_name": inp.get("lora_name"),
+                                        "strength_model": inp.get("strength_model", 1.0)}}
+            inp = node["inputs"]
+            notes.append(f"{nid} LoraLoader -> LoraLoaderModelOnly")
         elif ct == "VAELoader":
             inp["vae_name"] = tiny[f"vae:{family}"]
         elif ct.startswith("Empty") and "LatentImage" in ct:
@@ -185,7 +196,7 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def adapter_maker(loras_dir: Path, host):
+def adapter_maker(loras_dir: Path, host, verbose: bool = False):
     """``make(family, algo) -> file name``, backed by ``lyco_testkit.lycoris_files.make_demo_lycoris`` when
     that module exists (files are made once per (family, algo)). ComfyUI is imported in-process first (CPU,
     ComfyUI root at the front of sys.path), since the maker may build twins."""
@@ -206,6 +217,9 @@ def adapter_maker(loras_dir: Path, host):
             raise made[key]
         name = f"demo_{family}_{algo}.safetensors"
         try:
+            if not verbose:  # lycoris-lora logs every module it creates (its level is set when it is imported)
+                importlib.import_module("lycoris.logging")
+                logging.getLogger("LyCORIS").setLevel(logging.ERROR)
             fn(family, algo, str(loras_dir / name))
         except Exception as e:  # noqa: BLE001 - reported in the table
             made[key] = SkipWorkflow(f"make_demo_lycoris({family!r}, {algo!r}) failed: {type(e).__name__}: {e}")
@@ -286,20 +300,22 @@ def main(argv=None) -> int:
         import_error = pack_import_error(srv.log_text())
         if import_error:
             failed = True
-            rows.append(("pack import", 0.0, "FAILED: " + import_error.splitlines()[-1][:300]))
+            rows.append(("pack import", 0.0, 0.0, "FAILED: " + import_error.splitlines()[-1][:300]))
             print(f"[demo] ComfyUI could not import the pack:\n{import_error}", file=sys.stderr)
         make_adapter = None
         for name, src in jobs.items():
             t = time.monotonic()
+            prep = 0.0
             try:
                 prompt = src if isinstance(src, dict) else json.loads(Path(src).read_text())
                 if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), dict):
                     prompt = prompt["prompt"]
                 if make_adapter is None:
-                    make_adapter = adapter_maker(srv.models_dir / "loras", host)
+                    make_adapter = adapter_maker(srv.models_dir / "loras", host, args.verbose)
                 prompt, notes = substitute_tiny_models(prompt, tiny, make_adapter)
                 if args.verbose:
                     print(f"[demo] {name}: " + "; ".join(notes))
+                prep = time.monotonic() - t
                 entry = srv.queue(prompt, timeout=args.timeout)
                 saved = []
                 for i, ref in enumerate(srv.image_refs(entry)):
@@ -320,7 +336,7 @@ def main(argv=None) -> int:
             except (ComfyServerError, OSError, ValueError) as e:
                 failed = True
                 status = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            rows.append((name, time.monotonic() - t, status))
+            rows.append((name, prep, time.monotonic() - t - prep, status))
             print(f"[demo] {name}: {status}", flush=True)
     except ComfyServerError as e:
         failed = True
@@ -331,11 +347,12 @@ def main(argv=None) -> int:
             print(f"[demo] server log: {srv.log_path}")
 
     width = max([len(r[0]) for r in rows] + [8])
-    print(f"\n{'workflow':<{width}}  {'seconds':>7}  status")
-    for name, secs, status in rows:
-        print(f"{name:<{width}}  {secs:7.2f}  {status}")
-    print(f"\n{len(rows)} workflows, {sum('FAILED' in r[2] for r in rows)} failed, "
-          f"{sum(r[2].startswith('skipped') for r in rows)} skipped; total {time.monotonic() - t0:.1f} s; "
+    print(f"\n{'workflow':<{width}}  {'prep s':>6}  {'seconds':>7}  status")
+    for name, prep, secs, status in rows:
+        print(f"{name:<{width}}  {prep:6.2f}  {secs:7.2f}  {status}")
+    print("(prep: substitution + LyCORIS file generation in this process; seconds: POST /prompt to history)")
+    print(f"\n{len(rows)} rows, {sum('FAILED' in r[-1] for r in rows)} failed, "
+          f"{sum(r[-1].startswith('skipped') for r in rows)} skipped; total {time.monotonic() - t0:.1f} s; "
           f"images in {OUT.relative_to(REPO)}/")
     return 1 if failed else 0
 
