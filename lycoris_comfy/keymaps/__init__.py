@@ -313,8 +313,11 @@ def _swap_fn():
 
 
 def _from_table(fam: _tables.Family, sd_shapes: dict, mods: dict) -> dict[str, Target]:
-    """diffusers module path -> Target for our own rows of ``fam``."""
+    """diffusers module path -> Target for our own rows of ``fam`` (identity entries first when declared)."""
     out = {}
+    if fam.identity:
+        for cpath, key in mods.items():
+            out[cpath] = Target(key, None, None, _bias_for(key, sd_shapes))
     for dtpl, ctpl, part in fam.rows:
         if "{" not in ctpl:
             matches = [({}, ctpl)] if ctpl in mods else []
@@ -372,8 +375,9 @@ def _from_builtin(fam: _tables.Family, model, sd_shapes: dict) -> dict[str, Targ
     return out
 
 
-def _from_comfy_lora(model, sd_shapes: dict) -> dict[str, Target]:
-    """Every module name ComfyUI's own ``model_lora_keys_unet`` accepts -> Target (keys present in the model)."""
+def _from_comfy_lora(model, sd_shapes: dict, slices_ok: bool = True) -> dict[str, Target]:
+    """Every module name ComfyUI's own ``model_lora_keys_unet`` accepts -> Target (keys present in the model;
+    sliced entries only when ``slices_ok``)."""
     import comfy.lora
 
     out = {}
@@ -389,7 +393,7 @@ def _from_comfy_lora(model, sd_shapes: dict) -> dict[str, Target]:
             continue
         offset = t[1] if len(t) > 1 else None
         fn = t[2] if len(t) > 2 else None
-        if offset is not None and offset[1] + offset[2] > sd_shapes[key][offset[0]]:
+        if offset is not None and (not slices_ok or offset[1] + offset[2] > sd_shapes[key][offset[0]]):
             continue
         out[name] = Target(key, tuple(offset) if offset is not None else None, fn,
                            _bias_for(key, sd_shapes) if key.endswith(".weight") else None)
@@ -421,7 +425,8 @@ def _build(model) -> KeyMap:
         for s in _comfy_spellings(cpath):
             km.setdefault(s, t)
         canonical.setdefault(cpath.replace(".", "_"), t)
-    for name, t in _from_comfy_lora(model, sd_shapes).items():  # whatever else ComfyUI accepts
+    slices_ok = fam is None or fam.comfy_slices_ok
+    for name, t in _from_comfy_lora(model, sd_shapes, slices_ok).items():  # whatever else ComfyUI accepts
         km.setdefault(name, t)
     km.canonical = canonical
     return km

@@ -39,6 +39,9 @@ class Family:
     comfy_class: str  # comfy.model_base class (and the ldm module that builds the network)
     diffusers_class: str  # diffusers class whose module paths SimpleTuner names LyCORIS modules after
     builtin: str | None = None  # comfy.utils.<fn>(unet_config, output_prefix="diffusion_model.") reused as is
+    identity: bool = False  # every ComfyUI module path is also the diffusers path (rows override)
+    comfy_slices_ok: bool = True  # False: drop comfy.lora.model_lora_keys_unet's sliced entries (wrong for this
+    #                               family, e.g. Lumina 2's grouped-query qkv sliced in thirds)
     rows: tuple = ()  # (diffusers template, ComfyUI template, part)
     notes: str = ""
     tested: bool = False  # covered by tests/binding/test_keymap_*.py against a diffusers twin
@@ -271,5 +274,252 @@ PIXART = Family(
 )
 
 
-ALL: tuple[Family, ...] = (FLUX2, FLUX1, CHROMA, SDXL, SD15, SD3, AURAFLOW, PIXART)
+# --------------------------------------------------------------------------------------------------------------
+# Qwen-Image  (comfy.model_base.QwenImage / comfy.ldm.qwen_image.model.QwenImageTransformer2DModel;
+# diffusers.QwenImageTransformer2DModel). ComfyUI's network keeps diffusers' module names (ComfyUI itself maps
+# lycoris_<path> for it); no diffusers converter exists because there is nothing to convert.
+QWEN_IMAGE = Family(
+    name="qwen_image",
+    comfy_class="comfy.model_base.QwenImage (comfy.ldm.qwen_image.model.QwenImageTransformer2DModel)",
+    diffusers_class="diffusers.QwenImageTransformer2DModel",
+    identity=True,
+    accept=(r"transformer_blocks_\d+_(attn_(to_q|to_k|to_v|to_out_0|add_q_proj|add_k_proj|add_v_proj|to_add_out|"
+            r"norm_q|norm_k|norm_added_q|norm_added_k)|img_mod_1|txt_mod_1|img_mlp_net_(0_proj|2)|txt_mlp_net_(0_proj|2))",
+            r"img_in|txt_in|txt_norm|proj_out|norm_out_linear|time_text_embed_timestep_embedder_linear_[12]"),
+    tested=True,
+    signature=(r"_img_mod_1$", r"_txt_mod_1$", r"_(img|txt)_mlp_net_", r"^txt_norm$", r"^img_in$"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# HiDream-I1  (comfy.model_base.HiDream / comfy.ldm.hidream.model.HiDreamImageTransformer2DModel;
+# diffusers.HiDreamImageTransformer2DModel). Same module names on both sides (diffusers'
+# convert_hidream_transformer_to_diffusers only strips the prefix; ComfyUI maps lycoris_<path> itself).
+HIDREAM = Family(
+    name="hidream",
+    comfy_class="comfy.model_base.HiDream (comfy.ldm.hidream.model.HiDreamImageTransformer2DModel)",
+    diffusers_class="diffusers.HiDreamImageTransformer2DModel",
+    identity=True,
+    accept=(r"(double_stream_blocks|single_stream_blocks)_\d+_block_\w+", r"caption_projection_\d+_linear",
+            r"t_embedder_timestep_embedder_linear_[12]|p_embedder_pooled_embedder_linear_[12]",
+            r"x_embedder_proj|final_layer_(linear|adaLN_modulation_1)"),
+    tested=True,
+    signature=(r"^(double|single)_stream_blocks_", r"_ff_i_(experts|shared_experts|gate)", r"^p_embedder_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Lumina-Image 2.0  (comfy.model_base.Lumina2 / comfy.ldm.lumina.model.NextDiT; diffusers.Lumina2Transformer2DModel)
+# ComfyUI 0.3.75 applies z_image_to_diffusers (Z-Image names, q/k/v as equal thirds) to every Lumina2-class model:
+# wrong names and, with Lumina 2's grouped-query attention (24 q / 8 kv heads), wrong slices. Source of truth:
+# diffusers' convert_lumina2_to_diffusers.
+_LUMINA2_BLOCK = (
+    ("{b}.{i}.attn.to_q", "{b}.{i}.attention.qkv", Q),
+    ("{b}.{i}.attn.to_k", "{b}.{i}.attention.qkv", K),
+    ("{b}.{i}.attn.to_v", "{b}.{i}.attention.qkv", V),
+    ("{b}.{i}.attn.to_out.0", "{b}.{i}.attention.out", None),
+    ("{b}.{i}.attn.norm_q", "{b}.{i}.attention.q_norm", None),
+    ("{b}.{i}.attn.norm_k", "{b}.{i}.attention.k_norm", None),
+    ("{b}.{i}.feed_forward.linear_1", "{b}.{i}.feed_forward.w1", None),
+    ("{b}.{i}.feed_forward.linear_2", "{b}.{i}.feed_forward.w2", None),
+    ("{b}.{i}.feed_forward.linear_3", "{b}.{i}.feed_forward.w3", None),
+    ("{b}.{i}.norm2", "{b}.{i}.attention_norm2", None),
+    ("{b}.{i}.ffn_norm1", "{b}.{i}.ffn_norm1", None),
+    ("{b}.{i}.ffn_norm2", "{b}.{i}.ffn_norm2", None),
+)
+
+
+def _blocks(rows, *block_lists):
+    return tuple((d.replace("{b}", b), c.replace("{b}", b), p) for b in block_lists for d, c, p in rows)
+
+
+LUMINA2 = Family(
+    name="lumina2",
+    comfy_class="comfy.model_base.Lumina2 (comfy.ldm.lumina.model.NextDiT, z_image_modulation=False)",
+    diffusers_class="diffusers.Lumina2Transformer2DModel",
+    rows=_blocks(_LUMINA2_BLOCK, "layers", "noise_refiner", "context_refiner") + (
+        ("layers.{i}.norm1.linear", "layers.{i}.adaLN_modulation.1", None),
+        ("noise_refiner.{i}.norm1.linear", "noise_refiner.{i}.adaLN_modulation.1", None),
+        ("layers.{i}.norm1.norm", "layers.{i}.attention_norm1", None),
+        ("noise_refiner.{i}.norm1.norm", "noise_refiner.{i}.attention_norm1", None),
+        ("context_refiner.{i}.norm1", "context_refiner.{i}.attention_norm1", None),
+        ("time_caption_embed.caption_embedder.0", "cap_embedder.0", None),
+        ("time_caption_embed.caption_embedder.1", "cap_embedder.1", None),
+        ("time_caption_embed.timestep_embedder.linear_1", "t_embedder.mlp.0", None),
+        ("time_caption_embed.timestep_embedder.linear_2", "t_embedder.mlp.2", None),
+        ("x_embedder", "x_embedder", None),
+        ("norm_out.linear_1", "final_layer.adaLN_modulation.1", None),
+        ("norm_out.linear_2", "final_layer.linear", None),
+    ),
+    comfy_slices_ok=False,
+    tested=True,
+    signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_", r"^norm_out_linear_[12]$"),
+    exclude=(r"_attention_to_(q|k|v)$", r"^all_x_embedder", r"^all_final_layer"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Z-Image  (comfy.model_base.Lumina2 / comfy.ldm.lumina.model.NextDiT with z_image_modulation=True;
+# diffusers.ZImageTransformer2DModel). comfy.utils.z_image_to_diffusers is right for Z-Image (q = k = v heads);
+# we re-state the fused slices shape-driven. Source of truth: convert_z_image_transformer_checkpoint_to_diffusers.
+_ZIMAGE_BLOCK = (
+    ("{b}.{i}.attention.to_q", "{b}.{i}.attention.qkv", Q),
+    ("{b}.{i}.attention.to_k", "{b}.{i}.attention.qkv", K),
+    ("{b}.{i}.attention.to_v", "{b}.{i}.attention.qkv", V),
+    ("{b}.{i}.attention.to_out.0", "{b}.{i}.attention.out", None),
+    ("{b}.{i}.attention.norm_q", "{b}.{i}.attention.q_norm", None),
+    ("{b}.{i}.attention.norm_k", "{b}.{i}.attention.k_norm", None),
+)
+Z_IMAGE = Family(
+    name="z_image",
+    comfy_class="comfy.model_base.Lumina2 (comfy.ldm.lumina.model.NextDiT, z_image_modulation=True)",
+    diffusers_class="diffusers.ZImageTransformer2DModel",
+    builtin="z_image_to_diffusers",
+    identity=True,
+    rows=_blocks(_ZIMAGE_BLOCK, "layers", "noise_refiner", "context_refiner") + (
+        ("all_x_embedder.2-1", "x_embedder", None),
+        ("all_final_layer.2-1.linear", "final_layer.linear", None),
+        ("all_final_layer.2-1.adaLN_modulation.1", "final_layer.adaLN_modulation.1", None),
+    ),
+    accept=(r"(layers|noise_refiner|context_refiner)_\d+_(attention_(qkv|out|q_norm|k_norm)|feed_forward_w[123]|"
+            r"adaLN_modulation_[01]|attention_norm[12]|ffn_norm[12])",
+            r"cap_embedder_[01]|t_embedder_mlp_[02]|x_embedder|final_layer_(linear|adaLN_modulation_1)"),
+    tested=True,
+    signature=(r"_attention_to_(q|k|v|out_0)$", r"^all_x_embedder", r"^all_final_layer", r"_feed_forward_w[123]$"),
+    exclude=(r"_attn_to_(q|k|v)$", r"^time_caption_embed_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Wan 2.1 / 2.2  (comfy.model_base.WAN21 / WAN22 / comfy.ldm.wan.model.WanModel (+ VACE);
+# diffusers.WanTransformer3DModel / WanVACETransformer3DModel). ComfyUI 0.3.75 maps nothing (#8285).
+# Source of truth: diffusers' convert_wan_transformer_to_diffusers. Note diffusers' norm2 is ComfyUI's norm3
+# (the affine cross-attention norm) and vice versa.
+_WAN_BLOCK = (
+    ("{b}.{i}.attn1.to_q", "{b}.{i}.self_attn.q", None),
+    ("{b}.{i}.attn1.to_k", "{b}.{i}.self_attn.k", None),
+    ("{b}.{i}.attn1.to_v", "{b}.{i}.self_attn.v", None),
+    ("{b}.{i}.attn1.to_out.0", "{b}.{i}.self_attn.o", None),
+    ("{b}.{i}.attn1.norm_q", "{b}.{i}.self_attn.norm_q", None),
+    ("{b}.{i}.attn1.norm_k", "{b}.{i}.self_attn.norm_k", None),
+    ("{b}.{i}.attn2.to_q", "{b}.{i}.cross_attn.q", None),
+    ("{b}.{i}.attn2.to_k", "{b}.{i}.cross_attn.k", None),
+    ("{b}.{i}.attn2.to_v", "{b}.{i}.cross_attn.v", None),
+    ("{b}.{i}.attn2.to_out.0", "{b}.{i}.cross_attn.o", None),
+    ("{b}.{i}.attn2.norm_q", "{b}.{i}.cross_attn.norm_q", None),
+    ("{b}.{i}.attn2.norm_k", "{b}.{i}.cross_attn.norm_k", None),
+    ("{b}.{i}.attn2.add_k_proj", "{b}.{i}.cross_attn.k_img", None),
+    ("{b}.{i}.attn2.add_v_proj", "{b}.{i}.cross_attn.v_img", None),
+    ("{b}.{i}.attn2.norm_added_k", "{b}.{i}.cross_attn.norm_k_img", None),
+    ("{b}.{i}.ffn.net.0.proj", "{b}.{i}.ffn.0", None),
+    ("{b}.{i}.ffn.net.2", "{b}.{i}.ffn.2", None),
+    ("{b}.{i}.norm2", "{b}.{i}.norm3", None),
+)
+WAN = Family(
+    name="wan",
+    comfy_class="comfy.model_base.WAN21 / WAN22 (comfy.ldm.wan.model.WanModel, VaceWanModel)",
+    diffusers_class="diffusers.WanTransformer3DModel / WanVACETransformer3DModel",
+    rows=_blocks(_WAN_BLOCK, "blocks", "vace_blocks") + (
+        ("vace_blocks.{i}.proj_in", "vace_blocks.{i}.before_proj", None),
+        ("vace_blocks.{i}.proj_out", "vace_blocks.{i}.after_proj", None),
+        ("vace_patch_embedding", "vace_patch_embedding", None),
+        ("patch_embedding", "patch_embedding", None),
+        ("condition_embedder.time_embedder.linear_1", "time_embedding.0", None),
+        ("condition_embedder.time_embedder.linear_2", "time_embedding.2", None),
+        ("condition_embedder.time_proj", "time_projection.1", None),
+        ("condition_embedder.text_embedder.linear_1", "text_embedding.0", None),
+        ("condition_embedder.text_embedder.linear_2", "text_embedding.2", None),
+        ("condition_embedder.image_embedder.norm1", "img_emb.proj.0", None),
+        ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1", None),
+        ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3", None),
+        ("condition_embedder.image_embedder.norm2", "img_emb.proj.4", None),
+        ("proj_out", "head.head", None),
+    ),
+    notes="Wan 2.2 A14B's two experts are two models; the S2V / Animate / HuMo extras keep ComfyUI's names.",
+    tested=True,
+    signature=(r"^blocks_\d+_attn[12]_", r"^condition_embedder_", r"^blocks_\d+_ffn_net_", r"^blocks_\d+_(self|cross)_attn_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# HunyuanVideo  (comfy.model_base.HunyuanVideo / comfy.ldm.hunyuan_video.model.HunyuanVideo;
+# diffusers.HunyuanVideoTransformer3DModel). ComfyUI 0.3.75 maps only diffusion-pipe's original names. Source of
+# truth: diffusers' convert_hunyuan_video_transformer_to_diffusers composed with ComfyUI's own renames
+# (supported_models.HunyuanVideo.process_unet_state_dict).
+_HY_REFINER = "context_embedder.token_refiner.refiner_blocks.{i}"
+_HY_REFINER_C = "txt_in.individual_token_refiner.blocks.{i}"
+HUNYUAN_VIDEO = Family(
+    name="hunyuan_video",
+    comfy_class="comfy.model_base.HunyuanVideo (comfy.ldm.hunyuan_video.model.HunyuanVideo)",
+    diffusers_class="diffusers.HunyuanVideoTransformer3DModel",
+    rows=_FLUX1_DOUBLE_SLICES + _FLUX1_SINGLE_SLICES + (
+        ("x_embedder.proj", "img_in.proj", None),
+        ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer", None),
+        ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer", None),
+        ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer", None),
+        ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer", None),
+        ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer", None),
+        ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer", None),
+        ("context_embedder.proj_in", "txt_in.input_embedder", None),
+        ("context_embedder.time_text_embed.timestep_embedder.linear_1", "txt_in.t_embedder.in_layer", None),
+        ("context_embedder.time_text_embed.timestep_embedder.linear_2", "txt_in.t_embedder.out_layer", None),
+        ("context_embedder.time_text_embed.text_embedder.linear_1", "txt_in.c_embedder.in_layer", None),
+        ("context_embedder.time_text_embed.text_embedder.linear_2", "txt_in.c_embedder.out_layer", None),
+        (_HY_REFINER + ".norm1", _HY_REFINER_C + ".norm1", None),
+        (_HY_REFINER + ".attn.to_q", _HY_REFINER_C + ".self_attn.qkv", Q),
+        (_HY_REFINER + ".attn.to_k", _HY_REFINER_C + ".self_attn.qkv", K),
+        (_HY_REFINER + ".attn.to_v", _HY_REFINER_C + ".self_attn.qkv", V),
+        (_HY_REFINER + ".attn.to_out.0", _HY_REFINER_C + ".self_attn.proj", None),
+        (_HY_REFINER + ".norm2", _HY_REFINER_C + ".norm2", None),
+        (_HY_REFINER + ".ff.net.0.proj", _HY_REFINER_C + ".mlp.0", None),
+        (_HY_REFINER + ".ff.net.2", _HY_REFINER_C + ".mlp.2", None),
+        (_HY_REFINER + ".norm_out.linear", _HY_REFINER_C + ".adaLN_modulation.1", None),
+        ("transformer_blocks.{i}.attn.norm_q", "double_blocks.{i}.img_attn.norm.query_norm", None),
+        ("transformer_blocks.{i}.attn.norm_k", "double_blocks.{i}.img_attn.norm.key_norm", None),
+        ("transformer_blocks.{i}.attn.norm_added_q", "double_blocks.{i}.txt_attn.norm.query_norm", None),
+        ("transformer_blocks.{i}.attn.norm_added_k", "double_blocks.{i}.txt_attn.norm.key_norm", None),
+        ("transformer_blocks.{i}.attn.to_out.0", "double_blocks.{i}.img_attn.proj", None),
+        ("transformer_blocks.{i}.attn.to_add_out", "double_blocks.{i}.txt_attn.proj", None),
+        ("transformer_blocks.{i}.norm1.linear", "double_blocks.{i}.img_mod.lin", None),
+        ("transformer_blocks.{i}.norm1_context.linear", "double_blocks.{i}.txt_mod.lin", None),
+        ("transformer_blocks.{i}.ff.net.0.proj", "double_blocks.{i}.img_mlp.0", None),
+        ("transformer_blocks.{i}.ff.net.2", "double_blocks.{i}.img_mlp.2", None),
+        ("transformer_blocks.{i}.ff_context.net.0.proj", "double_blocks.{i}.txt_mlp.0", None),
+        ("transformer_blocks.{i}.ff_context.net.2", "double_blocks.{i}.txt_mlp.2", None),
+        ("single_transformer_blocks.{i}.proj_out", "single_blocks.{i}.linear2", None),
+        ("single_transformer_blocks.{i}.attn.norm_q", "single_blocks.{i}.norm.query_norm", None),
+        ("single_transformer_blocks.{i}.attn.norm_k", "single_blocks.{i}.norm.key_norm", None),
+        ("single_transformer_blocks.{i}.norm.linear", "single_blocks.{i}.modulation.lin", None),
+        ("proj_out", "final_layer.linear", None),
+        ("norm_out.linear", "final_layer.adaLN_modulation.1", SWAP),
+    ),
+    notes="HunyuanVideo 1.5 (a different network) is not mapped beyond ComfyUI's own names.",
+    tested=True,
+    signature=(r"^context_embedder_token_refiner_", r"^context_embedder_time_text_embed_", r"^x_embedder_proj$",
+               r"^txt_in_individual_token_refiner_"),
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# LTX-Video  (comfy.model_base.LTXV / comfy.ldm.lightricks.model.LTXVModel; diffusers.LTXVideoTransformer3DModel)
+# Same module names except the ones diffusers' convert_ltx_transformer_checkpoint_to_diffusers renames.
+LTXV = Family(
+    name="ltxv",
+    comfy_class="comfy.model_base.LTXV (comfy.ldm.lightricks.model.LTXVModel)",
+    diffusers_class="diffusers.LTXVideoTransformer3DModel",
+    identity=True,
+    rows=(
+        ("proj_in", "patchify_proj", None),
+        ("time_embed.emb.timestep_embedder.linear_1", "adaln_single.emb.timestep_embedder.linear_1", None),
+        ("time_embed.emb.timestep_embedder.linear_2", "adaln_single.emb.timestep_embedder.linear_2", None),
+        ("time_embed.linear", "adaln_single.linear", None),
+        ("transformer_blocks.{i}.attn1.norm_q", "transformer_blocks.{i}.attn1.q_norm", None),
+        ("transformer_blocks.{i}.attn1.norm_k", "transformer_blocks.{i}.attn1.k_norm", None),
+        ("transformer_blocks.{i}.attn2.norm_q", "transformer_blocks.{i}.attn2.q_norm", None),
+        ("transformer_blocks.{i}.attn2.norm_k", "transformer_blocks.{i}.attn2.k_norm", None),
+    ),
+    accept=(r"transformer_blocks_\d+_(attn[12]_(to_q|to_k|to_v|to_out_0)|ff_net_(0_proj|2))",
+            r"caption_projection_linear_[12]|proj_out"),
+    notes="LTX-2 (a different network) is not mapped beyond ComfyUI's own names.",
+    tested=True,
+    signature=(r"^time_embed_", r"^adaln_single_", r"^patchify_proj$", r"_attn[12]_[qk]_norm$"),
+)
+
+
+ALL: tuple[Family, ...] = (FLUX2, FLUX1, CHROMA, SDXL, SD15, SD3, AURAFLOW, PIXART, QWEN_IMAGE, HIDREAM,
+                           LUMINA2, Z_IMAGE, WAN, HUNYUAN_VIDEO, LTXV)
 ALIASES = {"sd2": "sd15", "chroma_radiance": "chroma"}

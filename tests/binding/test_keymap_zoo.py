@@ -299,6 +299,137 @@ def build_pixart(seed=0):
     return Twin("pixart", d, p, exact=True, note="reference: ComfyUI's convert_diffusers_mmdit")
 
 
+def _identity_pair(family, d, config_cls, ucfg, seed, converter=None, **replace):
+    p = comfy_patcher(config_cls, ucfg, seed)
+    sd = comfy_sd(p)
+    if converter:
+        sd = patched_converter(converter, **replace)(sd)
+    _load_into(d, sd)
+    return Twin(family, d, p, exact=True)
+
+
+def build_qwen_image(seed=0):
+    # ComfyUI's Qwen-Image keeps diffusers' module names (no diffusers converter exists; identity is the check)
+    from diffusers import QwenImageTransformer2DModel
+
+    kw = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+              num_attention_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 6, 6))
+    d = QwenImageTransformer2DModel(**kw)
+    return _identity_pair("qwen_image", d, comfy.supported_models.QwenImage, dict(image_model="qwen_image", **kw),
+                          seed)
+
+
+def build_hidream(seed=0):
+    from diffusers import HiDreamImageTransformer2DModel
+
+    kw = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+              num_attention_heads=2, caption_channels=[24, 16], text_emb_dim=12, num_routed_experts=2,
+              num_activated_experts=2, axes_dims_rope=(8, 8), max_resolution=(16, 16), llama_layers=[0, 1])
+    d = HiDreamImageTransformer2DModel(**kw)
+    return _identity_pair("hidream", d, comfy.supported_models.HiDream, dict(image_model="hidream", **kw), seed,
+                          "convert_hidream_transformer_to_diffusers")
+
+
+def build_lumina2(seed=0):
+    # grouped-query attention (4 q heads, 2 kv heads), like Lumina-Image 2.0's 24/8
+    from diffusers import Lumina2Transformer2DModel
+
+    d = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=64, num_layers=2,
+                                  num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+                                  ffn_dim_multiplier=None, axes_dim_rope=(4, 6, 6), axes_lens=(16, 16, 16),
+                                  cap_feat_dim=24)
+    ucfg = dict(image_model="lumina2", patch_size=2, in_channels=4, dim=64, cap_feat_dim=24, n_layers=2,
+                n_refiner_layers=1, qk_norm=True, n_heads=4, n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=4.0,
+                axes_dims=[4, 6, 6], axes_lens=[16, 16, 16], rope_theta=10000.0)
+    return _identity_pair("lumina2", d, comfy.supported_models.Lumina2, ucfg, seed, "convert_lumina2_to_diffusers",
+                          **{"q_dim = 2304": "q_dim = 64", "k_dim = v_dim = 768": "k_dim = v_dim = 32"})
+
+
+def build_z_image(seed=0):
+    from diffusers import ZImageTransformer2DModel
+
+    d = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=64, n_layers=2,
+                                 n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=24, axes_dims=[4, 6, 6],
+                                 axes_lens=[16, 16, 16])
+    ucfg = dict(image_model="lumina2", patch_size=2, in_channels=4, dim=64, cap_feat_dim=24, n_layers=2,
+                n_refiner_layers=1, qk_norm=True, n_heads=4, n_kv_heads=4, axes_dims=[4, 6, 6],
+                axes_lens=[16, 16, 16], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True,
+                time_scale=1000.0, pad_tokens_multiple=32, multiple_of=2)
+    # below dim 1024 the two t_embedder MLPs differ in width (ComfyUI: min(dim, 1024) hidden, 256 out; diffusers:
+    # 1024 hidden, min(dim, 256) out); at real sizes both are (1024, 256) / (256, 1024): give the twin those
+    d.t_embedder.mlp[0] = torch.nn.Linear(256, 64)
+    d.t_embedder.mlp[2] = torch.nn.Linear(64, 256)
+    return _identity_pair("z_image", d, comfy.supported_models.ZImage, ucfg, seed,
+                          "convert_z_image_transformer_checkpoint_to_diffusers")
+
+
+def build_wan(seed=0):
+    # Wan 2.1 i2v (has the image embedder and the cross-attention k_img / v_img); t2v is a subset
+    from diffusers import WanTransformer3DModel
+
+    d = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                              out_channels=4, text_dim=24, freq_dim=32, ffn_dim=48, num_layers=2, image_dim=1280,
+                              added_kv_proj_dim=32)
+    ucfg = dict(image_model="wan2.1", model_type="i2v", patch_size=(1, 2, 2), in_dim=4, dim=32, ffn_dim=48,
+                freq_dim=32, text_dim=24, out_dim=4, num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True,
+                cross_attn_norm=True, eps=1e-6)
+    return _identity_pair("wan", d, comfy.supported_models.WAN21_I2V, ucfg, seed, "convert_wan_transformer_to_diffusers")
+
+
+# ComfyUI renames HunyuanVideo's original keys on load (supported_models.HunyuanVideo.process_unet_state_dict);
+# undo that so diffusers' converter (which reads original keys) can run
+_HUNYUAN_COMFY_TO_ORIGINAL = (
+    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."), ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
+    ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
+    ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
+    ("time_in.in_layer.", "time_in.mlp.0."), ("time_in.out_layer.", "time_in.mlp.2."),
+    ("guidance_in.in_layer.", "guidance_in.mlp.0."), ("guidance_in.out_layer.", "guidance_in.mlp.2."),
+    ("_mod.lin.", "_mod.linear."), ("_attn.qkv.", "_attn_qkv."), ("_attn.proj.", "_attn_proj."),
+    ("_attn.norm.query_norm.scale", "_attn_q_norm.weight"), ("_attn.norm.key_norm.scale", "_attn_k_norm.weight"),
+    (".norm.query_norm.scale", ".q_norm.weight"), (".norm.key_norm.scale", ".k_norm.weight"),
+    (".modulation.lin.", ".modulation.linear."), ("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2."),
+)
+
+
+def hunyuan_comfy_to_original(sd):
+    out = {}
+    for k, v in sd.items():
+        for a, b in _HUNYUAN_COMFY_TO_ORIGINAL:
+            if a.startswith("mlp.") and ("_embedder." in k or "time_in." in k or "guidance_in." in k):
+                continue
+            k = k.replace(a, b)
+        out[k] = v
+    return out
+
+
+def build_hunyuan_video(seed=0):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    d = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+                                       num_layers=1, num_single_layers=1, num_refiner_layers=2, mlp_ratio=4.0,
+                                       patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=24,
+                                       pooled_projection_dim=12, rope_axes_dim=(4, 6, 6))
+    ucfg = dict(image_model="hunyuan_video", in_channels=4, patch_size=[1, 2, 2], out_channels=4, vec_in_dim=12,
+                axes_dim=[4, 6, 6], meanflow=False, context_in_dim=24, hidden_size=32, mlp_ratio=4.0, num_heads=2,
+                depth=1, depth_single_blocks=1, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
+                use_cond_type_embedding=False, vision_in_dim=None)
+    p = comfy_patcher(comfy.supported_models.HunyuanVideo, ucfg, seed)
+    conv = patched_converter("convert_hunyuan_video_transformer_to_diffusers", **{"hidden_size = 3072": "hidden_size = 32"})
+    _load_into(d, conv(hunyuan_comfy_to_original(comfy_sd(p))))
+    return Twin("hunyuan_video", d, p, exact=True)
+
+
+def build_ltxv(seed=0):
+    from diffusers import LTXVideoTransformer3DModel
+
+    d = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16,
+                                   cross_attention_dim=24, num_layers=2, caption_channels=20)
+    ucfg = dict(image_model="ltxv", in_channels=8, cross_attention_dim=24, attention_head_dim=16,
+                num_attention_heads=2, caption_channels=20, num_layers=2)
+    return _identity_pair("ltxv", d, comfy.supported_models.LTXV, ucfg, seed,
+                          "convert_ltx_transformer_checkpoint_to_diffusers")
+
+
 BUILDERS = {
     "flux2": build_flux2,
     "flux1": build_flux1,
@@ -308,6 +439,13 @@ BUILDERS = {
     "sd3": build_sd3,
     "auraflow": build_auraflow,
     "pixart": build_pixart,
+    "qwen_image": build_qwen_image,
+    "hidream": build_hidream,
+    "lumina2": build_lumina2,
+    "z_image": build_z_image,
+    "wan": build_wan,
+    "hunyuan_video": build_hunyuan_video,
+    "ltxv": build_ltxv,
 }
 
 _TWINS = {}
