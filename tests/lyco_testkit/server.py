@@ -15,6 +15,7 @@ Boot flags (comfyui-host.md §7.1): ``--cpu --listen 127.0.0.1 --port <free> --d
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -251,6 +252,9 @@ class ComfyServer:
         if cleanup and self.base_dir.exists():
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    def __repr__(self) -> str:
+        return f"<ComfyServer {self.url or '(not started)'} pid={self.pid} base={self.base_dir}>"
+
     def __enter__(self) -> "ComfyServer":
         return self.start()
 
@@ -365,8 +369,10 @@ class ComfyServer:
     def queue(self, prompt: dict, timeout: float = 120.0) -> dict:
         """Run an API-format prompt to completion and return its history entry (plus ``prompt_id`` and
         ``wall_seconds``). Raises PromptValidationError (400, with node_errors) or PromptExecutionError."""
+        t0 = time.monotonic()
         pid = self.submit(prompt)
         entry = self.wait(pid, timeout)
+        entry["wall_seconds"] = time.monotonic() - t0  # POST /prompt -> completed history
         if (entry.get("status") or {}).get("status_str") != "success":
             err = execution_error(entry) or {}
             raise PromptExecutionError(
@@ -424,6 +430,15 @@ class ComfyServer:
         if len(refs) <= index:
             raise ComfyServerError(f"no image #{index} in outputs {entry.get('outputs')}")
         return self.view(refs[index])
+
+
+@atexit.register
+def _kill_leftovers() -> None:  # servers whose owner never called stop() (interrupted runs)
+    for srv in list(ComfyServer.instances):
+        try:
+            srv._kill()
+        except Exception:
+            pass
 
 
 def png_size(data: bytes) -> tuple[int, int]:
