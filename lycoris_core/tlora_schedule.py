@@ -52,7 +52,7 @@ def tlora_params_from_config(config: dict | None, module_ranks=None) -> dict:
     config = config or {}
     out: dict = {"source": {}}
 
-    def pick(name, key, conv, default, default_note):
+    def _pick(name, key, conv, default, default_note):
         value = config.get(key)
         if value is not None:
             try:
@@ -64,10 +64,10 @@ def tlora_params_from_config(config: dict | None, module_ranks=None) -> dict:
         out[name] = default
         out["source"][name] = default_note
 
-    pick("min_rank", "tlora_min_rank", lambda v: int(float(v)), DEFAULT_MIN_RANK, "default (SimpleTuner)")
-    pick("alpha", "tlora_alpha", float, DEFAULT_ALPHA, "default (SimpleTuner)")
+    _pick("min_rank", "tlora_min_rank", lambda v: int(float(v)), DEFAULT_MIN_RANK, "default (SimpleTuner)")
+    _pick("alpha", "tlora_alpha", float, DEFAULT_ALPHA, "default (SimpleTuner)")
     ranks = [int(r) for r in (module_ranks or []) if r]
-    pick("max_rank", "linear_dim", lambda v: int(float(v)), max(ranks) if ranks else None,
+    _pick("max_rank", "linear_dim", lambda v: int(float(v)), max(ranks) if ranks else None,
          "largest module rank in the file" if ranks else "unknown (not in config)")
     return out
 

@@ -87,6 +87,7 @@ class TLoRAAdapter(AdditiveAdapter):
 
     @mask.setter
     def mask(self, value: torch.Tensor | None) -> None:
+        """Set the mask tensor (kept by reference, so in-place schedule writes are seen by every copy)."""
         self._mask_box[0] = value
 
     def _mask_vec(self, like: torch.Tensor) -> torch.Tensor | None:
