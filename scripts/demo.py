@@ -286,6 +286,9 @@ def main(argv=None) -> int:
         print(f"[demo] no API workflows in {wf_dir} yet: running the built-in one only")
 
     OUT.mkdir(parents=True, exist_ok=True)
+    if not args.only:  # the demo owns output/demo/: no stale images from earlier runs
+        for old in OUT.glob("*.png"):
+            old.unlink()
     rows, failed = [], False
     t0 = time.monotonic()
     srv = ComfyServer(extra_args=["--disable-api-nodes"])
