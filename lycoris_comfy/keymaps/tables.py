@@ -51,6 +51,13 @@ class Family:
     exclude: tuple = field(default=())  # names (re.search) this family's files never have
 
 
+# ComfyUI (BFL) module names of Flux.1 / Flux 2 / Chroma, for guess_family
+_FLUX_COMFY_ACCEPT = (
+    r"double_blocks_\d+_(img|txt)_(attn_(qkv|proj|norm_(query|key)_norm)|mlp_[02]|mod_lin)",
+    r"single_blocks_\d+_(linear[12]|linear1_qkv|modulation_lin|norm_(query|key)_norm)",
+    r"img_in|txt_in|(time_in|vector_in|guidance_in)_(in|out)_layer|final_layer_(linear|adaLN_modulation_1)",
+)
+
 # --------------------------------------------------------------------------------------------------------------
 # Flux 2  (comfy.model_base.Flux2 / comfy.ldm.flux.model.Flux with image_model="flux2";
 #          diffusers.Flux2Transformer2DModel, diffusers/models/transformers/transformer_flux2.py)
@@ -106,9 +113,12 @@ FLUX2 = Family(
     ),
     notes="ComfyUI 0.3.75 only loads Flux.2 [dev] (hidden 6144); Klein 4B/9B need a newer ComfyUI, the map is "
           "shape-driven and covers them too.",
+    accept=_FLUX_COMFY_ACCEPT + (r"(double_stream_modulation_(img|txt)|single_stream_modulation)_lin",),
     tested=True,
     signature=(r"ff(_context)?_linear_(in|out)$", r"to_qkv_mlp_proj$", r"(double|single)_stream_modulation",
                r"time_guidance_embed", r"single_transformer_blocks_\d+_attn_to_out$"),
+    exclude=(r"_(img|txt)_mod_lin$", r"^single_blocks_\d+_modulation_lin$", r"proj_mlp$", r"_norm1(_context)?_linear$",
+             r"_ff(_context)?_net_", r"^vector_in_", r"^time_text_embed_", r"^distilled_guidance_layer"),
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,15 +141,27 @@ _FLUX1_DOUBLE_SLICES = (
     ("transformer_blocks.{i}.attn.to_qkv", "double_blocks.{i}.img_attn.qkv", None),
     ("transformer_blocks.{i}.attn.to_added_qkv", "double_blocks.{i}.txt_attn.qkv", None),
 )
+_FLUX1_ACCEPT = _FLUX_COMFY_ACCEPT + (
+    r"transformer_blocks_\d+_(norm1|norm1_context)_linear",
+    r"transformer_blocks_\d+_attn_(to_out_0|to_add_out|norm_q|norm_k|norm_added_q|norm_added_k)",
+    r"transformer_blocks_\d+_ff(_context)?_net_(0_proj|2)",
+    r"single_transformer_blocks_\d+_(norm_linear|proj_out|attn_norm_q|attn_norm_k)",
+    r"time_text_embed_(timestep|text|guidance)_embedder_linear_[12]",
+    r"x_embedder|context_embedder|proj_out|norm_out_linear",
+)
 FLUX1 = Family(
     name="flux1",
     comfy_class="comfy.model_base.Flux (comfy.ldm.flux.model.Flux, image_model='flux')",
     diffusers_class="diffusers.FluxTransformer2DModel",
     builtin="flux_to_diffusers",
     rows=_FLUX1_DOUBLE_SLICES + _FLUX1_SINGLE_SLICES,
+    accept=_FLUX1_ACCEPT,
     tested=True,
     signature=(r"single_transformer_blocks_\d+_proj_mlp$", r"single_transformer_blocks_\d+_proj_out$",
-               r"transformer_blocks_\d+_ff(_context)?_net_", r"time_text_embed_"),
+               r"transformer_blocks_\d+_ff(_context)?_net_", r"time_text_embed_", r"_(img|txt)_mod_lin$",
+               r"single_blocks_\d+_modulation_lin$"),
+    exclude=(r"_linear_(in|out)$", r"to_qkv_mlp_proj$", r"stream_modulation", r"^distilled_guidance_layer",
+             r"^time_guidance_embed_"),
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -158,8 +180,12 @@ CHROMA = Family(
         ("distilled_guidance_layer.layers.{i}.linear_2", "distilled_guidance_layer.layers.{i}.out_layer", None),
         ("distilled_guidance_layer.norms.{i}", "distilled_guidance_layer.norms.{i}", None),
     ),
+    accept=_FLUX1_ACCEPT + (r"distilled_guidance_layer_(in_proj|out_proj|layers_\d+_(linear_[12]|in_layer|out_layer)|norms_\d+)",),
     tested=True,
     signature=(r"distilled_guidance_layer",),
+    exclude=(r"_linear_(in|out)$", r"to_qkv_mlp_proj$", r"stream_modulation", r"_norm1(_context)?_linear$",
+             r"single_transformer_blocks_\d+_norm_linear$", r"_(img|txt)_mod_lin$", r"_modulation_lin$",
+             r"^time_text_embed_", r"^(time|vector|guidance)_in_"),
 )
 
 
@@ -267,10 +293,12 @@ PIXART = Family(
     accept=(r"transformer_blocks_\d+_(attn[12]_to_out_0|ff_net_(0_proj|2))",
             r"adaln_single_(emb_(resolution_embedder|aspect_ratio_embedder|timestep_embedder)_linear_[12]|linear)",
             r"pos_embed_proj|caption_projection_linear_[12]|proj_out",
-            r"blocks_\d+_\w+", r"(csize_embedder|ar_embedder|t_embedder)_mlp_[02]|x_embedder_proj|y_embedder_y_proj_fc[12]",
+            r"blocks_\d+_(attn_(qkv|proj)|cross_attn_(q_linear|kv_linear|proj)|mlp_fc[12])",
+            r"(csize_embedder|ar_embedder|t_embedder)_mlp_[02]|x_embedder_proj|y_embedder_y_proj_fc[12]",
             r"t_block_1|final_layer_linear"),
     tested=True,
-    signature=(r"^adaln_single_", r"^caption_projection_", r"^t_block_1$", r"^blocks_\d+_cross_attn_"),
+    signature=(r"^adaln_single_", r"^t_block_1$", r"^blocks_\d+_cross_attn_", r"^pos_embed_proj$"),
+    exclude=(r"^time_embed_", r"_norm_[qk]$", r"^patchify_proj$"),
 )
 
 
@@ -351,8 +379,10 @@ LUMINA2 = Family(
     ),
     comfy_slices_ok=False,
     tested=True,
-    signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_", r"^norm_out_linear_[12]$"),
-    exclude=(r"_attention_to_(q|k|v)$", r"^all_x_embedder", r"^all_final_layer"),
+    signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_", r"^norm_out_linear_[12]$",
+               r"^(layers|noise_refiner)_\d+_adaLN_modulation_1$"),
+    exclude=(r"_attention_to_(q|k|v)$", r"^all_x_embedder", r"^all_final_layer",
+             r"^(layers|noise_refiner)_\d+_adaLN_modulation_0$"),
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -382,8 +412,9 @@ Z_IMAGE = Family(
             r"adaLN_modulation_[01]|attention_norm[12]|ffn_norm[12])",
             r"cap_embedder_[01]|t_embedder_mlp_[02]|x_embedder|final_layer_(linear|adaLN_modulation_1)"),
     tested=True,
-    signature=(r"_attention_to_(q|k|v|out_0)$", r"^all_x_embedder", r"^all_final_layer", r"_feed_forward_w[123]$"),
-    exclude=(r"_attn_to_(q|k|v)$", r"^time_caption_embed_"),
+    signature=(r"_attention_to_(q|k|v|out_0)$", r"^all_x_embedder", r"^all_final_layer",
+               r"^(layers|noise_refiner)_\d+_adaLN_modulation_0$"),
+    exclude=(r"_attn_to_(q|k|v)$", r"^time_caption_embed_", r"^(layers|noise_refiner)_\d+_adaLN_modulation_1$"),
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -516,7 +547,9 @@ LTXV = Family(
             r"caption_projection_linear_[12]|proj_out"),
     notes="LTX-2 (a different network) is not mapped beyond ComfyUI's own names.",
     tested=True,
-    signature=(r"^time_embed_", r"^adaln_single_", r"^patchify_proj$", r"_attn[12]_[qk]_norm$"),
+    signature=(r"^time_embed_", r"^patchify_proj$", r"_attn[12]_(norm_[qk]|[qk]_norm)$"),
+    exclude=(r"^pos_embed_proj$", r"^adaln_single_emb_(resolution|aspect_ratio)", r"^t_block_1$",
+             r"_cross_attn_"),
 )
 
 
