@@ -170,6 +170,7 @@ class TLoRAAdapter(AdditiveAdapter):
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """s·(P diag(λ⊙μ) Q − P0 diag(λ0⊙μ) Q0) with the current mask; `weight` is the base weight (used for
         the SVD the first time). A per-sample (B, R) mask cannot be merged."""
+        self._refuse_kernel(weight.shape)
         down, up, lam2 = self._factors(weight, lambda: weight)
         lam_eff = self._lam_eff(lam2, weight)
         if lam_eff.dim() != 1:
@@ -177,8 +178,18 @@ class TLoRAAdapter(AdditiveAdapter):
                              f"into one weight; use bypass")
         return ((up * lam_eff) @ down * self.scale).reshape(self.expected_weight_shape())
 
+    def _refuse_kernel(self, shape) -> None:
+        if len(shape) > 2 and math.prod(shape[2:]) != 1:
+            raise ShapeMismatchError(f"{self._where()}: T-LoRA supports only Linear and 1x1 convolutions "
+                                     f"(target weight {tuple(shape)}); retrain T-LoRA on Linear layers only")
+
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
         """s·[P((Qx)⊙λμ) − P0((Q0x)⊙λ0μ)] as one rank-2r LoRA (no bias)."""
+        if layer.kind not in ("linear", "conv"):
+            raise ValueError(f"{self._where()}: T-LoRA on a {layer.kind!r} layer")
+        self._refuse_kernel(layer.weight_shape)
+        if conv_groups(layer) != 1:
+            raise ShapeMismatchError(f"{self._where()}: T-LoRA on a grouped convolution is not supported")
         down, up, lam2 = self._factors(x, lambda: layer_weight(layer, x.new_empty((), dtype=torch.float32),
                                                                 self._where()))
         lam_eff = self._lam_eff(lam2, x)
@@ -186,12 +197,7 @@ class TLoRAAdapter(AdditiveAdapter):
             if lam_eff.dim() == 2:  # per-sample (B, 2r) -> (B, 1, ..., 2r)
                 lam_eff = lam_eff.reshape(lam_eff.shape[0], *([1] * (x.dim() - 2)), -1)
             return F.linear(F.linear(x, down) * lam_eff, up) * self.scale
-        if layer.kind != "conv":
-            raise ValueError(f"{self._where()}: T-LoRA on a {layer.kind!r} layer")
         nd = len(layer.weight_shape)
-        if math.prod(layer.weight_shape[2:]) != 1 or conv_groups(layer) != 1:
-            raise ShapeMismatchError(f"{self._where()}: T-LoRA supports only 1x1, ungrouped convolutions "
-                                     f"(layer weight {tuple(layer.weight_shape)})")
         conv, ones = conv_fn(nd), [1] * (nd - 2)
         h = conv(x, down.reshape(*down.shape, *ones), **geometry(layer, groups=False))
         lead = 1 if lam_eff.dim() == 1 else lam_eff.shape[0]  # per-sample: (B, 2r, 1, ...)

@@ -56,6 +56,13 @@ def test_fill_mask_equals_active_rank(alpha):
         assert torch.equal(mask, (torch.arange(64) < r).float()), (alpha, t)
 
 
+def test_fill_mask_never_reads_t_on_host():
+    from core_parity import no_host
+    mask = torch.zeros(16)
+    fill_mask_(mask, no_host(437.0), 16, 2, 1.5)
+    assert mask.as_subclass(torch.Tensor).sum() == active_rank(437.0, 16, 2, 1.5)
+
+
 def test_fill_mask_dtypes_and_batch():
     m16 = torch.zeros(8, dtype=torch.bfloat16)
     fill_mask_(m16, torch.tensor(500, dtype=torch.int64), 8)

@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Adapter behaviour beyond parity: T-LoRA base caching / masks / conv refusal, LoKr's Kronecker bypass,
+reduced-precision bypass, `to()` copies."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from core_parity import spec_for
+from lycoris_core.adapters.registry import parse_modules
+from lycoris_core.adapters.tlora import tlora_svd_base
+from lycoris_core.errors import ShapeMismatchError
+
+SRC = "t.safetensors"
+
+
+def _tlora(out=16, inp=12, r=8, alpha=4.0, prefix="m", conv=False):
+    g = torch.Generator().manual_seed(0)
+    k = (1, 1) if conv else ()
+    return {f"{prefix}.q_layer.weight": torch.randn(r, inp, *k, generator=g) * 0.3,
+            f"{prefix}.p_layer.weight": torch.randn(out, r, *k, generator=g) * 0.3,
+            f"{prefix}.lambda_layer": torch.rand(1, r, generator=g) + 0.5, f"{prefix}.alpha": torch.tensor(alpha)}
+
+
+def _count_svd(monkeypatch):
+    calls = []
+    real = torch.linalg.svd
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(torch.linalg, "svd", counting)
+    return calls
+
+
+def test_tlora_base_computed_once_and_shared_by_copies(monkeypatch):
+    calls = _count_svd(monkeypatch)
+    lin = nn.Linear(12, 16)
+    a = parse_modules(_tlora(), SRC)["m"]
+    spec = spec_for(lin)
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        y = lin(x)
+        first = a.bypass(x, y, 1.0, spec)
+        a.bypass(x, y, 0.5, spec)
+        a.merged_weight(lin.weight.detach(), 1.0)
+        b = a.to(dtype=torch.float64)
+        b.bypass(x.double(), y.double(), 1.0, spec_for(lin.double()))
+    assert len(calls) == 1
+    torch.testing.assert_close(first, a.bypass(x, y, 1.0, spec))
+
+
+def test_tlora_stored_base_skips_svd(monkeypatch):
+    lin = nn.Linear(12, 16)
+    p0, q0, lam0 = tlora_svd_base(lin.weight.detach(), 8)
+    t = _tlora()
+    t.update({"m.base_p.weight": p0, "m.base_q.weight": q0, "m.base_lambda": lam0[None]})
+    calls = _count_svd(monkeypatch)
+    with_base = parse_modules(t, SRC)["m"]
+    w = lin.weight.detach()
+    merged = with_base.merged_weight(w, 1.0)
+    assert not calls
+    computed = parse_modules(_tlora(), SRC)["m"].merged_weight(w, 1.0)
+    torch.testing.assert_close(merged, computed, rtol=1e-5, atol=1e-6)
+    bad = dict(t)
+    del bad["m.base_lambda"]
+    with pytest.raises(Exception, match="base_lambda"):
+        parse_modules(bad, SRC)
+
+
+def test_tlora_svd_base_pads_like_lycoris():
+    w = torch.randn(16, 5)
+    p0, q0, lam0 = tlora_svd_base(w, 8)
+    assert p0.shape == (16, 8) and q0.shape == (8, 5) and lam0.shape == (8,)
+    assert torch.all(lam0[5:] == 1e-6) and torch.all(q0[5:] == 0) and torch.all(p0[:, 5:] == 0)
+    torch.testing.assert_close(p0[:, :5] * lam0[:5] @ q0[:5], w, rtol=1e-4, atol=1e-5)
+
+
+def test_tlora_mask_is_shared_and_read_every_call():
+    lin = nn.Linear(12, 16)
+    a = parse_modules(_tlora(), SRC)["m"]
+    copy = a.to(dtype=torch.float32)
+    mask = torch.ones(8)
+    a.mask = mask
+    assert copy.mask is mask
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        y = lin(x)
+        full = copy.bypass(x, y, 1.0, spec_for(lin))
+        mask[3:] = 0  # in place, as the schedule writes it
+        part = copy.bypass(x, y, 1.0, spec_for(lin))
+        w3 = a.merged_weight(lin.weight.detach(), 1.0)
+    assert not torch.allclose(full, part)
+    torch.testing.assert_close(part, nn.functional.linear(x, w3, lin.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_tlora_per_sample_mask_in_bypass():
+    lin = nn.Linear(12, 16)
+    a = parse_modules(_tlora(), SRC)["m"]
+    x = torch.randn(3, 4, 12)
+    masks = torch.zeros(3, 8)
+    for i, r in enumerate((1, 4, 8)):
+        masks[i, :r] = 1
+    with torch.no_grad():
+        y = lin(x)
+        a.mask = masks
+        batched = a.bypass(x, y, 0.8, spec_for(lin))
+        for i in range(3):
+            a.mask = masks[i]
+            torch.testing.assert_close(batched[i], a.bypass(x[i], y[i], 0.8, spec_for(lin)), rtol=1e-5, atol=1e-5)
+        a.mask = masks
+        with pytest.raises(ValueError, match="per-sample"):
+            a.merged_weight(lin.weight.detach(), 1.0)
+
+
+def test_tlora_rejects_conv_kernel_over_one():
+    a = parse_modules(_tlora(out=12, inp=8, conv=True), SRC)["m"]
+    a.check_target((12, 8, 1, 1), "conv1x1")
+    with pytest.raises(ShapeMismatchError, match=r"kernel \(3, 3\).*not supported") as e:
+        a.check_target((12, 8, 3, 3), "unet.conv_in")
+    assert "'m'" in str(e.value) and "unet.conv_in" in str(e.value)
+    conv = nn.Conv2d(8, 12, 3, padding=1)
+    with pytest.raises(ShapeMismatchError):
+        a.bypass(torch.randn(1, 8, 4, 4), torch.randn(1, 12, 4, 4), 1.0, spec_for(conv))
+
+
+def test_lokr_linear_bypass_never_builds_the_kronecker(monkeypatch):
+    t = {"m.lokr_w1": torch.randn(4, 4), "m.lokr_w2_a": torch.randn(12, 2), "m.lokr_w2_b": torch.randn(2, 16),
+         "m.alpha": torch.tensor(1.0)}
+    a = parse_modules(t, SRC)["m"]
+    lin = nn.Linear(64, 48)
+    w = lin.weight.detach()
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, a.merged_weight(w, 0.7), lin.bias)
+        monkeypatch.setattr(torch, "kron", lambda *a, **k: (_ for _ in ()).throw(AssertionError("kron built")))
+        out = a.bypass(x, lin(x), 0.7, spec_for(lin))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_bypass(dtype):
+    """Bypass runs in the activation dtype (4.1.3's T-LoRA fails in pure bf16, §6.1.5) and stays close to fp32."""
+    g = torch.Generator().manual_seed(1)
+    cases = {
+        "lora": {"m.lora_up.weight": torch.randn(16, 4, generator=g) * 0.1, "m.lora_down.weight":
+                 torch.randn(4, 12, generator=g) * 0.1, "m.alpha": torch.tensor(2.0),
+                 "m.dora_scale": torch.rand(16, 1, generator=g) + 1},
+        "tlora": _tlora(),
+        "oft": {"m.oft_blocks": torch.randn(4, 4, 4, generator=g) * 0.1, "m.rescale": torch.rand(16, 1) + 0.5},
+    }
+    lin = nn.Linear(12, 16)
+    x = torch.randn(2, 3, 12)
+    for name, t in cases.items():
+        a = parse_modules(t, SRC)["m"]
+        with torch.no_grad():
+            ref = a.bypass(x, lin(x), 0.8, spec_for(lin))
+            low_lin = nn.Linear(12, 16).to(dtype)
+            low_lin.load_state_dict(lin.state_dict())
+            low = a.to(dtype=dtype).bypass(x.to(dtype), low_lin(x.to(dtype)), 0.8, spec_for(low_lin))
+        assert low.dtype == dtype, name
+        err = (low.float() - ref).abs().max() / ref.abs().max()
+        assert err < 3e-2, (name, err)
