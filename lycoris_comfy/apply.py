@@ -7,6 +7,7 @@ what was loaded (read by the strength node and the T-LoRA wrapper).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -132,15 +133,14 @@ def resolve_mode(mode: str, placed: dict, model) -> str:
     return "merged"
 
 
-def _merged_patches(placed: dict) -> dict:
-    patches = {}
+def _merged_patches(placed: dict) -> list[tuple]:
+    """(patch key, LycorisWeightAdapter) pairs: the weight of every target, and its bias for full/norm."""
+    patches = []
     for adapter, target in placed.values():
-        for part in ("weight", "bias"):
-            key = target.key if part == "weight" else target.key[: -len("weight")] + "bias"
-            if part == "bias" and adapter.algo not in BIAS_ALGOS:
-                continue
-            patch_key = key if target.offset is None and target.function is None else (key, target.offset, target.function)
-            patches.setdefault(patch_key, []).append(LycorisWeightAdapter(adapter, part))
+        patches.append((target.as_patch_key(), LycorisWeightAdapter(adapter, "weight")))
+        if adapter.algo in BIAS_ALGOS and target.bias_key is not None:
+            bias_target = dataclasses.replace(target, key=target.bias_key)
+            patches.append((bias_target.as_patch_key(), LycorisWeightAdapter(adapter, "bias")))
     return patches
 
 
@@ -155,10 +155,10 @@ def _bypass_injection(placed: dict, strength: float) -> BypassInjection:
 def default_schedule(placed: dict, config: dict | None) -> TLoraSchedule:
     """The T-LoRA schedule SimpleTuner validation used: lycoris_config (metadata or sidecar), else its defaults;
     max_rank falls back to the largest module rank (final-save files drop linear_dim)."""
-    params = tlora_params_from_config(config)
-    ranks = [a.rank for a, _ in placed.values() if a.algo == "tlora" and a.rank]
-    max_rank = params.get("max_rank") or max(ranks)
-    return TLoraSchedule(max_rank, params["min_rank"], params["alpha"], params.get("source", ""))
+    ranks = [a.rank for a, _ in placed.values() if a.algo == "tlora"]
+    params = tlora_params_from_config(config, ranks)
+    source = ", ".join(f"{name} from {where}" for name, where in params["source"].items())
+    return TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"], source)
 
 
 def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, rank_cap: int | None = None):
@@ -177,9 +177,8 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
     clone = patcher.clone()
     injection = schedule = None
     if concrete == "merged":
-        for key, adapters in _merged_patches(placed).items():
-            for weight_adapter in adapters:
-                clone.add_patches({key: weight_adapter}, strength)
+        for key, weight_adapter in _merged_patches(placed):
+            clone.add_patches({key: weight_adapter}, strength)
     else:
         injection = _bypass_injection(placed, strength)
         if any(a.algo == "tlora" for a, _ in placed.values()):
