@@ -243,16 +243,22 @@ class Twin:
     diffusers_config: dict
     unet_config: dict
     _pristine: torch.nn.Module = field(repr=False, default=None)
+    _comfy_sd: dict = field(repr=False, default=None)
 
     # -------------------------------------------------------------- models
     def pristine_diffusers_model(self) -> torch.nn.Module:
         """A fresh deep copy of the diffusers model as built (never touched by adapters)."""
         return copy.deepcopy(self._pristine)
 
+    def comfy_state_dict(self) -> dict:
+        """A copy of the ComfyUI ``diffusion_model`` weights as converted (the live model's tensors may hold a
+        patched clone's weights until ComfyUI unpatches them)."""
+        return {k: v.clone() for k, v in self._comfy_sd.items()}
+
     def fresh_comfy_patcher(self):
-        """A fresh ModelPatcher with the twin's weights (no shared patches, wrappers or injections)."""
-        sd = {k: v.detach().clone() for k, v in self.comfy_patcher.model.diffusion_model.state_dict().items()}
-        return comfy_patcher_from_state_dict(self.family, sd)
+        """A fresh ModelPatcher (its own model object) with the twin's weights: no shared patches, wrappers or
+        injections. ``comfy_patcher.clone()`` is the usual way; this is for tests that mutate the model itself."""
+        return comfy_patcher_from_state_dict(self.family, self.comfy_state_dict())
 
     # -------------------------------------------------------------- inputs
     def make_inputs(self, seed: int = 0, *, batch: int = 1, sigma: float | None = None,
@@ -409,11 +415,13 @@ def build_twin(family: str, seed: int = 0) -> Twin:
     model = build_diffusers_model(family, seed)
     pristine = copy.deepcopy(model)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    patcher = comfy_patcher_from_state_dict(family, comfy_state_dict(family, sd))
+    csd = comfy_state_dict(family, sd)
+    patcher = comfy_patcher_from_state_dict(family, {k: v.clone() for k, v in csd.items()})
     dcfg = {"flux2": FLUX2_DIFFUSERS_CONFIG, "flux1": FLUX1_DIFFUSERS_CONFIG, "sdxl": SDXL_DIFFUSERS_CONFIG,
             "sd15": SD15_DIFFUSERS_CONFIG}[family]
     return Twin(family=family, seed=seed, diffusers_model=model, comfy_patcher=patcher,
-                diffusers_config=copy.deepcopy(dcfg), unet_config=unet_config_for(family), _pristine=pristine)
+                diffusers_config=copy.deepcopy(dcfg), unet_config=unet_config_for(family), _pristine=pristine,
+                _comfy_sd=csd)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

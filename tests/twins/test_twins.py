@@ -58,7 +58,7 @@ def test_build_comfy_twin_is_deterministic_and_equals_the_twin(get_twin):
     twin = get_twin("flux2")
     p1, p2 = build_comfy_twin("flux2", 0), build_comfy_twin("flux2", 0)
     assert p1 is not p2 and p1.model is not p2.model
-    sd0 = twin.comfy_patcher.model.diffusion_model.state_dict()
+    sd0 = twin.comfy_state_dict()
     for p in (p1, p2):
         sd = p.model.diffusion_model.state_dict()
         assert sd.keys() == sd0.keys()
@@ -76,9 +76,27 @@ def test_flux2_converter_covers_every_weight(get_twin):
     dsd = twin.diffusers_model.state_dict()
     assert set(km) == set(dsd)
     targets = {t if isinstance(t, str) else t[0] for t in km.values()}
-    assert targets == set(twin.comfy_patcher.model.diffusion_model.state_dict())
+    assert targets == set(twin.comfy_state_dict())
     # norm_out.linear halves are swapped (diffusers [scale | shift] vs BFL [shift | scale])
     w = dsd["norm_out.linear.weight"]
-    c = twin.comfy_patcher.model.diffusion_model.state_dict()["final_layer.adaLN_modulation.1.weight"]
+    c = twin.comfy_state_dict()["final_layer.adaLN_modulation.1.weight"]
     h = w.shape[0] // 2
     assert (c[:h] == w[h:]).all() and (c[h:] == w[:h]).all()
+
+
+def test_patched_clone_does_not_leak_into_the_twin(get_twin):
+    """ComfyUI re-patches the shared model per patcher: a clone's weight patch shows only through the clone."""
+    import torch
+
+    from lyco_testkit.twins import max_abs_diff
+
+    twin = get_twin("flux2")
+    inputs = twin.make_inputs(0)
+    base = twin.run_comfy(twin.comfy_patcher, inputs)
+    clone = twin.comfy_patcher.clone()
+    key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    w = twin.comfy_state_dict()["double_blocks.0.img_attn.qkv.weight"]
+    clone.add_patches({key: ("diff", (0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)),))})
+    assert max_abs_diff(twin.run_comfy(clone, inputs), base) > 1e-3
+    assert max_abs_diff(twin.run_comfy(twin.comfy_patcher, inputs), base) == 0.0
+    assert max_abs_diff(twin.run_diffusers(twin.diffusers_model, inputs), base) <= 1e-4 * float(base.abs().max())
