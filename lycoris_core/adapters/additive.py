@@ -10,13 +10,12 @@ import torch
 
 from ..layer import LayerSpec
 from .base import Adapter, Multiplier, channel_view, conv_groups, layer_bias, layer_op, layer_weight
-from .dora import OUTPUT, dora_axis, dora_factor, dora_merge, dora_norm
+from .dora import OUTPUT, dora_factor, dora_merge, dora_norm
 
 
 class AdditiveAdapter(Adapter):
     """Base of algorithms whose update is a weight delta ΔW_s, optionally DoRA-decomposed."""
 
-    supports_dora = True
 
     # ------------------------------------------------------------------ to implement
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
@@ -30,26 +29,6 @@ class AdditiveAdapter(Adapter):
 
     #: True when ΔW depends on the base weight (GLoRA, T-LoRA without stored base).
     needs_weight_for_delta = False
-
-    # ------------------------------------------------------------------ DoRA
-    @property
-    def dora_scale(self) -> torch.Tensor | None:
-        """The DoRA magnitude vector g as stored, or None."""
-        return self.tensors.get("dora_scale")
-
-    @property
-    def dora_axis(self) -> str | None:
-        """"output", "input" or None (no DoRA)."""
-        g = self.dora_scale
-        if g is None:
-            return None
-        exp = self.expected_weight_shape()
-        return dora_axis(g, exp[0] if exp else g.shape[0])
-
-    @property
-    def dora_eps(self) -> float:
-        """finfo(eps) of dora_scale's dtype as stored in the file (LyCORIS adds it in that dtype)."""
-        return float(torch.finfo(self.file_dtype).eps)
 
     # ------------------------------------------------------------------ merged
     def merged_weight(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import AdapterFormatError, ShapeMismatchError
 from ..layer import LayerSpec
+from .dora import dora_axis
 
 Multiplier = Union[float, torch.Tensor]
 
@@ -133,6 +134,8 @@ class Adapter:
         self.tensors = dict(tensors)
         floats = [t for t in self.tensors.values() if t.is_floating_point()]
         self.file_dtype = floats[0].dtype if floats else torch.float32
+        g = self.tensors.get("dora_scale")
+        self._dora_dtype = g.dtype if g is not None else self.file_dtype
         self.rank: int | None = None
         self.alpha: float | None = None
         self.scale: float = 1.0
@@ -184,6 +187,26 @@ class Adapter:
         expected = self.expected_weight_shape()
         if expected is not None and not shapes_compatible(expected, tuple(weight_shape)):
             raise self.shape_error(where, self.shape_key(), expected, weight_shape)
+
+    # ---------------------------------------------------------------- DoRA
+    @property
+    def dora_scale(self) -> torch.Tensor | None:
+        """The DoRA magnitude vector g as stored ((out, 1, ...) or (1, in, ...)), or None."""
+        return self.tensors.get("dora_scale")
+
+    @property
+    def dora_axis(self) -> str | None:
+        """"output" or "input" (which axis DoRA normalizes), None without DoRA."""
+        g = self.dora_scale
+        if g is None:
+            return None
+        exp = self.expected_weight_shape()
+        return dora_axis(g, exp[0] if exp else g.shape[0])
+
+    @property
+    def dora_eps(self) -> float:
+        """finfo(eps) of dora_scale's dtype as stored in the file (LyCORIS adds it in that dtype)."""
+        return float(torch.finfo(self._dora_dtype).eps)
 
     # ---------------------------------------------------------------- maths
     def merged_weight(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:

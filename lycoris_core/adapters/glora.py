@@ -22,7 +22,6 @@ class GLoRAAdapter(AdditiveAdapter):
     algo = "glora"
     REQUIRED = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
     OPTIONAL = ("bm.weight", "alpha")
-    supports_dora = False
     needs_weight_for_delta = True
 
     def __init__(self, name, tensors, source=""):
@@ -67,21 +66,31 @@ class GLoRAAdapter(AdditiveAdapter):
         wa = torch.einsum("oi...,ij->oj...", wa, a2.reshape(r, -1))
         return (wb.reshape(weight.shape) + wa) * self.scale
 
-    def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
-        """s·(op(a1(a2(x)), W) + b1(b2(x))) with the layer's geometry (no bias)."""
-        a1, a2, b1, b2 = (self.t(k, x) for k in self.REQUIRED)
-        bm = self.t("bm.weight", x)
-        r = a2.shape[0]
+    def _w_a1(self, layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
+        """W·A1 ((out, r) linear, (out, r, k...) conv) on x's device/dtype, cached per (device, dtype, layer)."""
+        key = ("w_a1", x.device, x.dtype)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is layer:
+            return hit[1]
         w = layer_weight(layer, x, self._where())
+        a1 = self.t("a1.weight", x)
+        wa1 = torch.einsum("oi...,ij->oj...", w, a1.reshape(a1.shape[0], -1))
+        self._cache[key] = (layer, wa1)
+        return wa1
+
+    def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+        """s·((W·A1)(A2 x) + B1(B2 x)) with the layer's geometry (no bias); W·A1 is cached, so no full-width
+        matmul with W per call."""
+        a2, b1, b2 = self.t("a2.weight", x), self.t("b1.weight", x), self.t("b2.weight", x)
+        r = a2.shape[0]
         if layer.kind == "linear":
-            ax = F.linear(F.linear(x, a2.reshape(r, -1)), a1.reshape(-1, r))
-            return (F.linear(ax, w.reshape(w.shape[0], -1)) + F.linear(F.linear(x, b2.reshape(r, -1)),
-                                                                       b1.reshape(-1, r))) * self.scale
-        if conv_groups(layer) != 1 or bm is not None:
-            return layer_op(layer, x, self.delta_weight(w))
+            ax = F.linear(F.linear(x, a2.reshape(r, -1)), self._w_a1(layer, x))
+            return (ax + F.linear(F.linear(x, b2.reshape(r, -1)), b1.reshape(-1, r))) * self.scale
+        if conv_groups(layer) != 1 or "bm.weight" in self.tensors:
+            return layer_op(layer, x, self.delta_weight(layer_weight(layer, x, self._where())))
         nd = len(layer.weight_shape)
         conv, ones = conv_fn(nd), [1] * (nd - 2)
-        ax = conv(conv(x, a2.reshape(r, -1, *ones)), a1.reshape(-1, r, *ones))
-        bx = conv(conv(x, b2.reshape(r, -1, *layer.weight_shape[2:]), **geometry(layer, groups=False)),
-                  b1.reshape(-1, r, *ones))
-        return (layer_op(layer, ax, w) + bx) * self.scale
+        geo = geometry(layer, groups=False)
+        ax = conv(conv(x, a2.reshape(r, -1, *ones)), self._w_a1(layer, x), **geo)
+        bx = conv(conv(x, b2.reshape(r, -1, *layer.weight_shape[2:]), **geo), b1.reshape(-1, r, *ones))
+        return (ax + bx) * self.scale

@@ -52,7 +52,6 @@ class TLoRAAdapter(AdditiveAdapter):
     algo = "tlora"
     REQUIRED = ("q_layer.weight", "p_layer.weight", "lambda_layer")
     OPTIONAL = ("alpha",) + _BASE_KEYS
-    supports_dora = False
 
     @classmethod
     def key_problems(cls, keys):

@@ -13,6 +13,8 @@ import os
 os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")
 
 import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: threads only add contention
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
