@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import tables as _tables
 
 __all__ = ["Target", "KeyMap", "build_key_map", "family_of", "guess_family", "candidate_families",
-           "family_table", "FAMILIES"]
+           "family_table", "normalize_name", "FAMILIES"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,11 @@ class KeyMap(dict):
     def _fallback(self, name):
         if not isinstance(name, str):
             return None
-        return self.canonical.get(normalize_name(name))
+        n = normalize_name(name)
+        t = self.canonical.get(n)
+        if t is None and n.endswith("_to_out") and "." in name:  # diffusers' old processor spelling of to_out.0
+            t = self.canonical.get(n + "_0")
+        return t
 
     def get(self, name, default=None):
         """The Target for a module name in any accepted spelling, else ``default``."""
@@ -125,10 +129,7 @@ def normalize_name(name: str) -> str:
         else:
             break
     if "." in n:
-        n = n.replace(".processor.", ".")
-        if n.endswith(".to_out"):  # diffusers' old attn-processor spelling of to_out.0
-            n += ".0"
-        n = n.replace(".", "_")
+        n = n.replace(".processor.", ".").replace(".", "_")
     else:
         for p in _US_PREFIXES:
             if n.startswith(p):
@@ -375,9 +376,9 @@ def _from_builtin(fam: _tables.Family, model, sd_shapes: dict) -> dict[str, Targ
     return out
 
 
-def _from_comfy_lora(model, sd_shapes: dict, slices_ok: bool = True) -> dict[str, Target]:
-    """Every module name ComfyUI's own ``model_lora_keys_unet`` accepts -> Target (keys present in the model;
-    sliced entries only when ``slices_ok``)."""
+def _from_comfy_lora(model, sd_shapes: dict, reject: tuple = ()) -> dict[str, Target]:
+    """Every module name ComfyUI's own ``model_lora_keys_unet`` accepts -> Target (keys present in the model,
+    names matching a ``reject`` regex dropped)."""
     import comfy.lora
 
     out = {}
@@ -385,7 +386,10 @@ def _from_comfy_lora(model, sd_shapes: dict, slices_ok: bool = True) -> dict[str
         km = comfy.lora.model_lora_keys_unet(model, {})
     except Exception:
         return out
+    rx = re.compile("|".join(reject)) if reject else None
     for name, t in km.items():
+        if rx is not None and rx.search(name):
+            continue
         if isinstance(t, str):
             t = (t,)
         key = t[0]
@@ -393,7 +397,7 @@ def _from_comfy_lora(model, sd_shapes: dict, slices_ok: bool = True) -> dict[str
             continue
         offset = t[1] if len(t) > 1 else None
         fn = t[2] if len(t) > 2 else None
-        if offset is not None and (not slices_ok or offset[1] + offset[2] > sd_shapes[key][offset[0]]):
+        if offset is not None and offset[1] + offset[2] > sd_shapes[key][offset[0]]:
             continue
         out[name] = Target(key, tuple(offset) if offset is not None else None, fn,
                            _bias_for(key, sd_shapes) if key.endswith(".weight") else None)
@@ -425,8 +429,7 @@ def _build(model) -> KeyMap:
         for s in _comfy_spellings(cpath):
             km.setdefault(s, t)
         canonical.setdefault(cpath.replace(".", "_"), t)
-    slices_ok = fam is None or fam.comfy_slices_ok
-    for name, t in _from_comfy_lora(model, sd_shapes, slices_ok).items():  # whatever else ComfyUI accepts
+    for name, t in _from_comfy_lora(model, sd_shapes, fam.comfy_reject if fam else ()).items():  # whatever else ComfyUI accepts
         km.setdefault(name, t)
     km.canonical = canonical
     return km

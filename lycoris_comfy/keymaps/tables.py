@@ -40,8 +40,9 @@ class Family:
     diffusers_class: str  # diffusers class whose module paths SimpleTuner names LyCORIS modules after
     builtin: str | None = None  # comfy.utils.<fn>(unet_config, output_prefix="diffusion_model.") reused as is
     identity: bool = False  # every ComfyUI module path is also the diffusers path (rows override)
-    comfy_slices_ok: bool = True  # False: drop comfy.lora.model_lora_keys_unet's sliced entries (wrong for this
-    #                               family, e.g. Lumina 2's grouped-query qkv sliced in thirds)
+    # names from comfy.lora.model_lora_keys_unet to drop (re.search), where ComfyUI's entry is wrong for this family
+    # (e.g. Flux.1 names that ComfyUI 0.3.75 also maps on Flux 2, onto differently shaped weights)
+    comfy_reject: tuple = ()
     rows: tuple = ()  # (diffusers template, ComfyUI template, part)
     notes: str = ""
     tested: bool = False  # covered by tests/binding/test_keymap_*.py against a diffusers twin
@@ -111,6 +112,9 @@ FLUX2 = Family(
         ("proj_out", "final_layer.linear", None),
         ("norm_out.linear", "final_layer.adaLN_modulation.1", SWAP),
     ),
+    # flux_to_diffusers' Flux.1 names, which ComfyUI 0.3.75 also maps on Flux 2: proj_mlp as 4h rows of linear1
+    # (Flux 2's mlp part is 6h), ff.net.* / proj_out onto the differently shaped SwiGLU MLP / linear2
+    comfy_reject=(r"proj_mlp$", r"single_transformer_blocks[._]\d+[._]proj_out$", r"ff(_context)?[._]net[._]"),
     notes="ComfyUI 0.3.75 only loads Flux.2 [dev] (hidden 6144); Klein 4B/9B need a newer ComfyUI, the map is "
           "shape-driven and covers them too.",
     accept=_FLUX_COMFY_ACCEPT + (r"(double_stream_modulation_(img|txt)|single_stream_modulation)_lin",),
@@ -210,9 +214,8 @@ SDXL = Family(
     builtin="unet_to_diffusers",
     accept=_UNET_ACCEPT,
     tested=True,
-    signature=(r"^add_embedding_", r"^(down_blocks_[12]|mid_block|up_blocks_[01])_attentions_\d+_transformer_blocks_[1-9]",
-               r"^up_blocks_0_attentions", r"^label_emb_", r"^input_blocks_[4578]_1_transformer_blocks_[1-9]"),
-    exclude=(r"^down_blocks_0_attentions", r"^down_blocks_3_", r"^up_blocks_3_", r"^input_blocks_(1|2|9|10|11)_1_"),
+    signature=(r"^add_embedding_", r"_transformer_blocks_[1-9]\d*_", r"^label_emb_"),
+    exclude=(r"^down_blocks_3_", r"^up_blocks_3_", r"^(input|output)_blocks_(9|10|11)_"),
 )
 SD15 = Family(
     name="sd15",
@@ -222,8 +225,10 @@ SD15 = Family(
     accept=_UNET_ACCEPT,
     notes="SD 1.x and 2.x share all module names (family_of says sd15 / sd2).",
     tested=True,
-    signature=(r"^down_blocks_0_attentions", r"^up_blocks_3_attentions", r"^down_blocks_3_", r"^input_blocks_(1|2)_1_"),
-    exclude=(r"transformer_blocks_[1-9]", r"^add_embedding_", r"^label_emb_", r"^up_blocks_0_attentions"),
+    # by names alone SD 1.x/2.x differ from SDXL only in transformer depth (1 everywhere), the 4th level and the
+    # added (pooled/size) embedding: a file of one transformer block 0 per attention is sd15
+    signature=(r"_transformer_blocks_0_", r"^down_blocks_3_", r"^up_blocks_3_", r"^(input|output)_blocks_(9|10|11)_"),
+    exclude=(r"_transformer_blocks_[1-9]\d*_", r"^add_embedding_", r"^label_emb_"),
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -377,7 +382,8 @@ LUMINA2 = Family(
         ("norm_out.linear_1", "final_layer.adaLN_modulation.1", None),
         ("norm_out.linear_2", "final_layer.linear", None),
     ),
-    comfy_slices_ok=False,
+    # z_image_to_diffusers slices Lumina 2's grouped-query qkv in equal thirds
+    comfy_reject=(r"attention[._]to_[qkv]$",),
     tested=True,
     signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_", r"^norm_out_linear_[12]$",
                r"^(layers|noise_refiner)_\d+_adaLN_modulation_1$"),
