@@ -16,7 +16,6 @@ from .dora import OUTPUT, dora_factor, dora_merge, dora_norm
 class AdditiveAdapter(Adapter):
     """Base of algorithms whose update is a weight delta ΔW_s, optionally DoRA-decomposed."""
 
-
     # ------------------------------------------------------------------ to implement
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """ΔW_s = s·ΔW (no multiplier) on `weight`'s device/dtype; shape `expected_weight_shape()`."""

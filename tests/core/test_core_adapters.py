@@ -162,3 +162,20 @@ def test_reduced_precision_bypass(dtype):
         assert low.dtype == dtype, name
         err = (low.float() - ref).abs().max() / ref.abs().max()
         assert err < 3e-2, (name, err)
+
+
+def test_dora_eps_comes_from_the_stored_dtype():
+    """DoRA adds finfo(eps) of dora_scale's dtype as stored (bf16 files: 2**-7), even when computing in fp32."""
+    g = torch.Generator().manual_seed(2)
+    up, down = torch.randn(6, 2, generator=g) * 0.1, torch.randn(2, 5, generator=g) * 0.1
+    scale = torch.rand(6, 1, generator=g) + 1
+    t = {"m.lora_up.weight": up.bfloat16(), "m.lora_down.weight": down.bfloat16(),
+         "m.alpha": torch.tensor(1.0, dtype=torch.bfloat16), "m.dora_scale": scale.bfloat16()}
+    a = parse_modules(t, SRC)["m"]
+    assert a.dora_axis == "output" and a.dora_eps == 2 ** -7
+    w = torch.randn(6, 5, generator=g) * 0.01  # small rows make eps visible
+    f = a.to(dtype=torch.float32)
+    wd = w + 0.5 * up.bfloat16().float() @ down.bfloat16().float()
+    norm = wd.norm(dim=1, keepdim=True) + 2 ** -7
+    expect = wd * (0.3 * (scale.bfloat16().float() / norm - 1) + 1)
+    torch.testing.assert_close(f.merged_weight(w, 0.3), expect, rtol=1e-5, atol=1e-6)
