@@ -225,3 +225,29 @@ def test_make_demo_lycoris_is_deterministic(get_twin, tmp_path):
     sa, _ = lf.read_lycoris_file(a.path)
     sb, _ = lf.read_lycoris_file(b.path)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_simpletuner_quirks_pinned(get_twin, tmp_path):
+    """Two SimpleTuner + lycoris-lora 4.1.3 behaviours a loader must expect (found while building these tools):
+
+    - ``apply_preset.enable_conv: false`` has no effect: create_lycoris calls ``apply_preset(PRESET["full"])``
+      itself, AFTER SimpleTuner's apply_preset, and that sets ENABLE_CONV back to True, so 3x3 convs are adapted;
+    - the documented Flux LoKr targets ``["Attention", "FeedForward"]`` match only the double blocks'
+      FeedForwards on diffusers 0.42 Flux.1 (its attention class is ``FluxAttention``; single blocks have no
+      FeedForward)."""
+    from lyco_testkit import lycoris_files as lf
+
+    sd15 = get_twin("sd15")
+    art = lf.make_lycoris(sd15.diffusers_model, tmp_path / "conv.safetensors",
+                          lf.config_for("locon", "sd15",
+                                        apply_preset={"target_module": ["ResnetBlock2D"], "enable_conv": False}))
+    assert "lycoris_down_blocks_0_resnets_0_conv1" in art.module_names
+    flux1 = get_twin("flux1")
+    doc = {"algo": "lokr", "multiplier": 1.0, "linear_dim": 10000, "linear_alpha": 1, "factor": 16,
+           "apply_preset": {"target_module": ["Attention", "FeedForward"],
+                            "module_algo_map": {"Attention": {"factor": 16}, "FeedForward": {"factor": 8}}}}
+    art = lf.make_lycoris(flux1.diffusers_model, tmp_path / "doc.safetensors", doc)
+    depth = flux1.unet_config["depth"]
+    assert set(art.module_names) == {f"lycoris_transformer_blocks_{i}_{n}" for i in range(depth)
+                                     for n in ("ff_net_0_proj", "ff_net_2", "ff_context_net_0_proj",
+                                               "ff_context_net_2")}
