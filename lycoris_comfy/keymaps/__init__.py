@@ -276,6 +276,8 @@ def _part_offset(part, shape) -> tuple[int, int, int] | None:
         h = fan_in
         if h is None or rows <= 3 * h:
             return None
+        if idx == "qkv":
+            return (0, 0, 3 * h)
         return (0, idx * h, h) if idx < 3 else (0, 3 * h, rows - 3 * h)
     if kind == "kv":
         if rows % 2:
@@ -429,7 +431,8 @@ def _build(model) -> KeyMap:
         for s in _comfy_spellings(cpath):
             km.setdefault(s, t)
         canonical.setdefault(cpath.replace(".", "_"), t)
-    for name, t in _from_comfy_lora(model, sd_shapes, fam.comfy_reject if fam else ()).items():  # whatever else ComfyUI accepts
+    reject = fam.comfy_reject if fam else ()
+    for name, t in _from_comfy_lora(model, sd_shapes, reject).items():  # whatever else ComfyUI accepts
         km.setdefault(name, t)
     km.canonical = canonical
     return km

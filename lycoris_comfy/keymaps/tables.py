@@ -15,7 +15,7 @@ from the loaded weight's shape, never from a hard-coded width:
 - ``Q``/``K``/``V``: a fused ``[q|k|v]`` projection; q has ``in_features`` rows, k and v share the rest equally
   (so grouped-query attention, e.g. Lumina 2's 24 q / 8 kv heads, slices right).
 - ``Q4``/``K4``/``V4``/``MLP4``: Flux 1 / HunyuanVideo single-block ``linear1`` = ``[q|k|v|mlp]``; q, k, v have
-  ``in_features`` rows each, the mlp part is the rest (so no mlp_ratio assumption).
+  ``in_features`` rows each, the mlp part is the rest (so no mlp_ratio assumption); ``QKV4``: q, k and v together.
 - ``KV_K``/``KV_V``: a fused ``[k|v]`` projection split in halves (PixArt cross-attention ``kv_linear``).
 - ``SWAP``: the whole weight, with ``comfy.utils.swap_scale_shift`` as the patch function (diffusers orders the
   final AdaLN as [scale, shift], ComfyUI/BFL as [shift, scale]).
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 Q, K, V = ("qkv", 0), ("qkv", 1), ("qkv", 2)
 Q4, K4, V4, MLP4 = ("qkvm", 0), ("qkvm", 1), ("qkvm", 2), ("qkvm", 3)
+QKV4 = ("qkvm", "qkv")  # the first three parts of [q|k|v|mlp] together (diffusers' fused to_qkv)
 KV_K, KV_V = ("kv", 0), ("kv", 1)
 SWAP = "swap_scale_shift"
 
@@ -134,6 +135,7 @@ _FLUX1_SINGLE_SLICES = (
     ("single_transformer_blocks.{i}.attn.to_k", "single_blocks.{i}.linear1", K4),
     ("single_transformer_blocks.{i}.attn.to_v", "single_blocks.{i}.linear1", V4),
     ("single_transformer_blocks.{i}.proj_mlp", "single_blocks.{i}.linear1", MLP4),
+    ("single_transformer_blocks.{i}.attn.to_qkv", "single_blocks.{i}.linear1", QKV4),  # fuse_qkv_projections
 )
 _FLUX1_DOUBLE_SLICES = (
     ("transformer_blocks.{i}.attn.to_q", "double_blocks.{i}.img_attn.qkv", Q),
@@ -184,7 +186,8 @@ CHROMA = Family(
         ("distilled_guidance_layer.layers.{i}.linear_2", "distilled_guidance_layer.layers.{i}.out_layer", None),
         ("distilled_guidance_layer.norms.{i}", "distilled_guidance_layer.norms.{i}", None),
     ),
-    accept=_FLUX1_ACCEPT + (r"distilled_guidance_layer_(in_proj|out_proj|layers_\d+_(linear_[12]|in_layer|out_layer)|norms_\d+)",),
+    accept=_FLUX1_ACCEPT + (
+        r"distilled_guidance_layer_(in_proj|out_proj|layers_\d+_(linear_[12]|in_layer|out_layer)|norms_\d+)",),
     tested=True,
     signature=(r"distilled_guidance_layer",),
     exclude=(r"_linear_(in|out)$", r"to_qkv_mlp_proj$", r"stream_modulation", r"_norm1(_context)?_linear$",
@@ -253,12 +256,15 @@ SD3 = Family(
     ),
     accept=(r"transformer_blocks_\d+_(norm1|norm1_context)_linear",
             r"transformer_blocks_\d+_attn2?_(to_out_0|to_add_out|norm_q|norm_k|norm_added_q|norm_added_k)",
-            r"transformer_blocks_\d+_ff(_context)?_net_(0_proj|2)", r"pos_embed_proj|context_embedder|proj_out|norm_out_linear",
+            r"transformer_blocks_\d+_ff(_context)?_net_(0_proj|2)",
+            r"pos_embed_proj|context_embedder|proj_out|norm_out_linear",
             r"time_text_embed_(timestep|text)_embedder_linear_[12]",
-            r"joint_blocks_\d+_(x_block|context_block)_\w+", r"(x_embedder_proj|t_embedder_mlp_[02]|y_embedder_mlp_[02])",
+            r"joint_blocks_\d+_(x_block|context_block)_\w+",
+            r"(x_embedder_proj|t_embedder_mlp_[02]|y_embedder_mlp_[02])",
             r"final_layer_(linear|adaLN_modulation_1)"),
     tested=True,
-    signature=(r"^joint_blocks_", r"transformer_blocks_\d+_attn2_", r"^pos_embed_proj$", r"^time_text_embed_text_embedder"),
+    signature=(r"^joint_blocks_", r"transformer_blocks_\d+_attn2_", r"^pos_embed_proj$",
+               r"^time_text_embed_text_embedder"),
     exclude=(r"^single_transformer_blocks_", r"^double_blocks_", r"^single_blocks_"),
 )
 
@@ -271,9 +277,11 @@ AURAFLOW = Family(
     diffusers_class="diffusers.AuraFlowTransformer2DModel",
     builtin="auraflow_to_diffusers",
     accept=(r"(joint_transformer_blocks|single_transformer_blocks)_\d+_(attn_(to_q|to_k|to_v|to_out_0|add_q_proj|"
-            r"add_k_proj|add_v_proj|to_add_out)|ff(_context)?_(linear_1|linear_2|out_projection)|norm1(_context)?_linear)",
+            r"add_k_proj|add_v_proj|to_add_out)|ff(_context)?_(linear_1|linear_2|out_projection)|"
+            r"norm1(_context)?_linear)",
             r"time_step_proj_linear_[12]|context_embedder|pos_embed_proj|proj_out|norm_out_linear",
-            r"(double_layers|single_layers)_\d+_\w+", r"t_embedder_mlp_[02]|cond_seq_linear|init_x_linear|final_linear|modF_1"),
+            r"(double_layers|single_layers)_\d+_\w+",
+            r"t_embedder_mlp_[02]|cond_seq_linear|init_x_linear|final_linear|modF_1"),
     tested=True,
     signature=(r"^joint_transformer_blocks_", r"_ff(_context)?_out_projection$", r"^(double|single)_layers_"),
 )
@@ -317,7 +325,8 @@ QWEN_IMAGE = Family(
     diffusers_class="diffusers.QwenImageTransformer2DModel",
     identity=True,
     accept=(r"transformer_blocks_\d+_(attn_(to_q|to_k|to_v|to_out_0|add_q_proj|add_k_proj|add_v_proj|to_add_out|"
-            r"norm_q|norm_k|norm_added_q|norm_added_k)|img_mod_1|txt_mod_1|img_mlp_net_(0_proj|2)|txt_mlp_net_(0_proj|2))",
+            r"norm_q|norm_k|norm_added_q|norm_added_k)|img_mod_1|txt_mod_1|img_mlp_net_(0_proj|2)|"
+            r"txt_mlp_net_(0_proj|2))",
             r"img_in|txt_in|txt_norm|proj_out|norm_out_linear|time_text_embed_timestep_embedder_linear_[12]"),
     tested=True,
     signature=(r"_img_mod_1$", r"_txt_mod_1$", r"_(img|txt)_mlp_net_", r"^txt_norm$", r"^img_in$"),
@@ -385,7 +394,8 @@ LUMINA2 = Family(
     # z_image_to_diffusers slices Lumina 2's grouped-query qkv in equal thirds
     comfy_reject=(r"attention[._]to_[qkv]$",),
     tested=True,
-    signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_", r"^norm_out_linear_[12]$",
+    signature=(r"_attn_to_(q|k|v|out_0)$", r"_feed_forward_linear_[123]$", r"^time_caption_embed_",
+               r"^norm_out_linear_[12]$",
                r"^(layers|noise_refiner)_\d+_adaLN_modulation_1$"),
     exclude=(r"_attention_to_(q|k|v)$", r"^all_x_embedder", r"^all_final_layer",
              r"^(layers|noise_refiner)_\d+_adaLN_modulation_0$"),
@@ -470,7 +480,8 @@ WAN = Family(
     ),
     notes="Wan 2.2 A14B's two experts are two models; the S2V / Animate / HuMo extras keep ComfyUI's names.",
     tested=True,
-    signature=(r"^blocks_\d+_attn[12]_", r"^condition_embedder_", r"^blocks_\d+_ffn_net_", r"^blocks_\d+_(self|cross)_attn_"),
+    signature=(r"^blocks_\d+_attn[12]_", r"^condition_embedder_", r"^blocks_\d+_ffn_net_",
+               r"^blocks_\d+_(self|cross)_attn_"),
 )
 
 # --------------------------------------------------------------------------------------------------------------

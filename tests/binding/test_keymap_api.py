@@ -158,6 +158,26 @@ def test_checker_catches_a_wrong_slice(flux2, monkeypatch):
     assert len(problems) == 2 and all("values differ" in s for s in problems), problems
 
 
+@pytest.mark.parametrize("family", ["flux2", "flux1"])
+def test_fused_qkv_spellings(family):
+    """diffusers' fuse_qkv_projections names (to_qkv / to_added_qkv; SimpleTuner #3222) land on the whole fused
+    ComfyUI qkv (Flux.1 single blocks: the first 3h rows of linear1) with equal values."""
+    import copy
+
+    tw = zoo.twin(family)
+    d = copy.deepcopy(tw.diffusers_model)
+    d.fuse_qkv_projections()
+    fused = {n: m.weight for n, m in d.named_modules() if n.endswith(("attn.to_qkv", "attn.to_added_qkv"))}
+    assert fused
+    km = KM.build_key_map(tw.comfy_patcher)
+    sd = tw.comfy_patcher.model.state_dict()
+    for n, w in fused.items():
+        t = km.get("lycoris_" + n.replace(".", "_"))
+        assert t is not None, n
+        cw = sd[t.key] if t.offset is None else sd[t.key].narrow(*t.offset)
+        assert torch.equal(cw, w), n
+
+
 def test_guess_family_basic():
     assert KM.guess_family([]) is None
     assert KM.guess_family(["lycoris_completely_unknown_module"]) is None

@@ -373,13 +373,15 @@ def build_wan(seed=0):
     ucfg = dict(image_model="wan2.1", model_type="i2v", patch_size=(1, 2, 2), in_dim=4, dim=32, ffn_dim=48,
                 freq_dim=32, text_dim=24, out_dim=4, num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True,
                 cross_attn_norm=True, eps=1e-6)
-    return _identity_pair("wan", d, comfy.supported_models.WAN21_I2V, ucfg, seed, "convert_wan_transformer_to_diffusers")
+    return _identity_pair("wan", d, comfy.supported_models.WAN21_I2V, ucfg, seed,
+                          "convert_wan_transformer_to_diffusers")
 
 
 # ComfyUI renames HunyuanVideo's original keys on load (supported_models.HunyuanVideo.process_unet_state_dict);
 # undo that so diffusers' converter (which reads original keys) can run
 _HUNYUAN_COMFY_TO_ORIGINAL = (
-    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."), ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
+    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."),
+    ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
     ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
     ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
     ("time_in.in_layer.", "time_in.mlp.0."), ("time_in.out_layer.", "time_in.mlp.2."),
@@ -414,7 +416,8 @@ def build_hunyuan_video(seed=0):
                 depth=1, depth_single_blocks=1, theta=256, qkv_bias=True, byt5=False, guidance_embed=True,
                 use_cond_type_embedding=False, vision_in_dim=None)
     p = comfy_patcher(comfy.supported_models.HunyuanVideo, ucfg, seed)
-    conv = patched_converter("convert_hunyuan_video_transformer_to_diffusers", **{"hidden_size = 3072": "hidden_size = 32"})
+    conv = patched_converter("convert_hunyuan_video_transformer_to_diffusers",
+                             **{"hidden_size = 3072": "hidden_size = 32"})
     _load_into(d, conv(hunyuan_comfy_to_original(comfy_sd(p))))
     return Twin("hunyuan_video", d, p, exact=True)
 
