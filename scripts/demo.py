@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -68,9 +69,11 @@ MODEL_LOADERS = {"UNETLoader": "unet_name", "UnetLoaderGGUF": "unet_name", "Chec
 CLIP_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader", "CLIPLoaderGGUF",
                 "DualCLIPLoaderGGUF"}
 ADAPTER_INPUTS = re.compile(r"(lora|lycoris|adapter)(_name)?$")
-# file-name token -> lyco_testkit.lycoris_files algo (first match wins; no token: SimpleTuner's family preset)
+# file-name token -> lyco_testkit.lycoris_files algo (first match wins; see adapter_recipe)
 ALGO_TOKENS = (("tlora", "tlora"), ("lokr", "lokr"), ("loha", "loha"), ("locon", "locon"), ("dora", "dora"),
                ("glora", "glora"), ("boft", "boft"), ("oft", "diag-oft"), ("ia3", "ia3"), ("full", "full"))
+# families whose SimpleTuner recipe (lycoris_files.family_config) is a LoKr
+LOKR_RECIPE_FAMILIES = ("flux2", "flux1", "sdxl")
 
 
 TWIN_FAMILIES = ("flux2", "flux1", "sdxl", "sd15")  # LycoTestTinyModel / lyco_testkit.twins families
@@ -91,9 +94,38 @@ def model_family(name: str) -> str:
 
 
 def adapter_algo(name: str) -> str:
-    """The LyCORIS algorithm a real adapter file name suggests (``simpletuner``: the family's preset)."""
-    n = re.sub(r"[^a-z0-9]", "", Path(name).stem.lower())
+    """The LyCORIS algorithm a real adapter file name suggests (``simpletuner``: no algorithm in the name)."""
+    n = re.sub(r"[^a-z0-9]", "", str(name).lower())
     return next((algo for token, algo in ALGO_TOKENS if token in n), "simpletuner")
+
+
+def adapter_recipe(name: str, family: str) -> str:
+    """Which tiny LyCORIS file stands in for the real adapter ``name`` (sub-folders included) on ``family``.
+
+    - ``sdxl-attn-lokr``: an SDXL LoKr named ``*attn*``/``*attention*`` (SimpleTuner's attention-only advice,
+      ``lycoris_files.SDXL_ATTN_CONFIG``);
+    - ``simpletuner``: a LoKr on Flux 2 / Flux.1 / SDXL, or no algorithm in the name (the family's SimpleTuner
+      config, ``lycoris_files.family_config``: the Flux 2 Klein LoKr example, Flux.1's LoKr, SDXL's LoKr);
+    - otherwise the algorithm from the name (``lycoris_files.config_for(algo, family)``; ``tlora``: T-LoRA).
+    """
+    algo = adapter_algo(name)
+    n = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    if family == "sdxl" and algo == "lokr" and ("attn" in n or "attention" in n):
+        return "sdxl-attn-lokr"
+    if algo == "lokr" and family in LOKR_RECIPE_FAMILIES:
+        return "simpletuner"
+    return algo
+
+
+def adapter_seed(name: str) -> int:
+    """A stable per-name seed, so two different real files stand in as two different tiny files."""
+    return int(hashlib.sha256(str(name).encode()).hexdigest()[:6], 16) % 100000
+
+
+def tiny_adapter_name(name: str, family: str) -> str:
+    """The generated file's name in models/loras: ``tiny_<family>__<real stem>.safetensors``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem).strip("._") or "adapter"
+    return f"tiny_{family}__{stem}.safetensors"
 
 
 def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict, list[str]]:
@@ -114,7 +146,9 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
     VAELoader                                   tiny TAESD of the family's latent channels
     Empty*LatentImage                           64×64, batch 1
     any ``steps`` input                         at most 4
-    ``*lora_name`` / ``*lycoris_name`` inputs   ``make_adapter(family, algo)`` → a generated file name
+    ``*lora_name`` / ``*lycoris_name`` inputs   ``make_adapter(family, real_name)`` → a generated file name
+                                                 (the same real name always maps to the same file, so a
+                                                 ``LycorisStrength.lycoris_name`` follows its loader)
     SaveImage ``filename_prefix``               ``demo/<prefix>``
     ==========================================  ===========================================================
 
@@ -185,7 +219,7 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
             inp["steps"] = min(inp["steps"], 4)
         for k, v in list(inp.items()):
             if ADAPTER_INPUTS.search(k) and isinstance(v, str) and v.endswith(".safetensors"):
-                inp[k] = make_adapter(family, adapter_algo(v))
+                inp[k] = make_adapter(family, v)
                 notes.append(f"{nid} {k}: {v} -> {inp[k]}")
 
     referenced = {str(v[0]) for n in g.values() for v in n.get("inputs", {}).values()
@@ -196,34 +230,64 @@ def substitute_tiny_models(prompt: dict, tiny: dict, make_adapter) -> tuple[dict
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def adapter_maker(loras_dir: Path, host, verbose: bool = False):
-    """``make(family, algo) -> file name``, backed by ``lyco_testkit.lycoris_files.make_demo_lycoris`` when
-    that module exists (files are made once per (family, algo)). ComfyUI is imported in-process first (CPU,
-    ComfyUI root at the front of sys.path), since the maker may build twins."""
-    made: dict = {}
+def recipe_config(lyco_files, family: str, recipe: str) -> dict:
+    """The lycoris_config of :func:`adapter_recipe`'s ``recipe`` on ``family`` (lyco_testkit.lycoris_files)."""
+    if recipe == "simpletuner":
+        return lyco_files.family_config(family)
+    if recipe == "sdxl-attn-lokr":
+        return json.loads(json.dumps(lyco_files.SDXL_ATTN_CONFIG))
+    return lyco_files.config_for(recipe, family)
 
-    def make(family: str, algo: str) -> str:
-        key = (family, algo)
+
+def _testkit_fingerprint() -> str:
+    """Changes whenever the file maker or the twins change (cached files are then remade)."""
+    h = hashlib.sha256()
+    for rel in ("lycoris_files.py", "twins.py"):
+        f = REPO / "tests" / "lyco_testkit" / rel
+        h.update(f.read_bytes() if f.exists() else b"")
+    return h.hexdigest()[:16]
+
+
+def adapter_maker(loras_dir: Path, host, verbose: bool = False, cache_dir: Path | None = None):
+    """``make(family, real_name) -> file name`` in ``loras_dir``: a tiny LyCORIS file made by
+    ``lyco_testkit.lycoris_files.make_lycoris`` on the family's diffusers twin, with :func:`adapter_recipe`'s
+    config and :func:`adapter_seed`'s seed. Files are made once per run and kept in ``cache_dir`` (default
+    ``<host>/cache/demo_lycoris``) keyed by family, config, seed and the test kit's source, so later runs only
+    copy them. ComfyUI is imported in-process first (CPU, ComfyUI root at the front of sys.path), since the
+    maker builds twins. Raises SkipWorkflow when no file can be made."""
+    made: dict = {}
+    cache = Path(cache_dir) if cache_dir else host.cache_dir() / "demo_lycoris"
+
+    def make(family: str, real_name: str) -> str:
+        key = (family, str(real_name))
         if key in made:
             if isinstance(made[key], SkipWorkflow):
                 raise made[key]
             return made[key]
+        recipe, seed = adapter_recipe(real_name, family), adapter_seed(real_name)
+        name = tiny_adapter_name(real_name, family)
         try:
-            host.import_comfy()
             lyco_files = importlib.import_module("lyco_testkit.lycoris_files")
-            fn = lyco_files.make_demo_lycoris
-        except (ImportError, AttributeError, RuntimeError) as e:
-            made[key] = SkipWorkflow(f"no LyCORIS file maker (lyco_testkit.lycoris_files: {e})")
-            raise made[key]
-        name = f"demo_{family}_{algo}.safetensors"
-        try:
-            if not verbose:  # lycoris-lora logs every module it creates (its level is set when it is imported)
-                importlib.import_module("lycoris.logging")
-                logging.getLogger("LyCORIS").setLevel(logging.ERROR)
-            fn(family, algo, str(loras_dir / name))
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            made[key] = SkipWorkflow(f"make_demo_lycoris({family!r}, {algo!r}) failed: {type(e).__name__}: {e}")
-            raise made[key]
+            cfg = recipe_config(lyco_files, family, recipe)
+            digest = hashlib.sha256(json.dumps([family, cfg, seed, _testkit_fingerprint()],
+                                               sort_keys=True).encode()).hexdigest()[:20]
+            cached = cache / f"{family}_{recipe}_{digest}.safetensors"
+            if not cached.exists():
+                host.import_comfy()
+                if not verbose:  # lycoris-lora logs every module it creates (level set when it is imported)
+                    importlib.import_module("lycoris.logging")
+                    logging.getLogger("LyCORIS").setLevel(logging.ERROR)
+                twins = importlib.import_module("lyco_testkit.twins")
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.safetensors")  # save_weights: by suffix
+                lyco_files.make_lycoris(twins.build_diffusers_model(family, 0), tmp, cfg, seed=seed, family=family)
+                os.replace(tmp, cached)
+            loras_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, loras_dir / name)
+        except Exception as e:  # noqa: BLE001 - reported in the table / the test failure
+            made[key] = SkipWorkflow(f"cannot make a tiny {recipe!r} LyCORIS for {family!r} "
+                                     f"({type(e).__name__}: {e})")
+            raise made[key] from e
         made[key] = name
         return name
 
