@@ -37,6 +37,10 @@ CASES = [
     ("tlora", "tlora", {}),
 ]
 FAMILIES = ("flux2", "sdxl")
+# Adapter weights are drawn with this std so the adapter's effect stands well above the twins' fp32 noise floor
+# (~2e-6 absolute). LoHa+DoRA at m=-0.7 with 0.2 drives some SDXL rows' DoRA factor m·g/N - m + 1 near zero, an
+# ill-conditioned cancellation where fp32 op order alone gives 2e-4 (per-module parity stays 1e-6), so 0.1 there.
+WEIGHT_STD = {"loha-dora": 0.1}
 
 
 def contribution_error(ours: torch.Tensor, ref: torch.Tensor, base: torch.Tensor) -> float:
@@ -57,7 +61,8 @@ def _render(binding, twin, path, strength, mode, inputs):
 def test_parity(binding, get_twin, tmp_path, family, case, algo, overrides, record_property):
     twin = get_twin(family)
     config = config_for(algo, family, **overrides)
-    artifact = make_lycoris(twin.pristine_diffusers_model(), tmp_path / f"{case}.safetensors", config, seed=3, weight_std=0.2)
+    artifact = make_lycoris(twin.pristine_diffusers_model(), tmp_path / f"{case}.safetensors", config, seed=3,
+                             weight_std=WEIGHT_STD.get(case, 0.2))
     inputs = twin.make_inputs(1)
     base = base_output(twin, inputs)
     modes = ("bypass",) if algo == "tlora" else ("merged", "bypass")
