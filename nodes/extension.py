@@ -2,6 +2,8 @@
 """The pack's ComfyExtension: the list of nodes ComfyUI registers."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import ComfyExtension, io
 
 from .info_node import LycorisInfo
@@ -16,5 +18,11 @@ class LycorisExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> LycorisExtension:
-    """ComfyUI's V3 entry point."""
+    """ComfyUI's V3 entry point (also adds the page extension's info route when a server runs)."""
+    try:
+        from ..lycoris_comfy import routes
+
+        routes.register()
+    except Exception:  # noqa: BLE001 - the nodes must load even if the route cannot
+        logging.getLogger("comfyui_lycoris").warning("LyCORIS info route not registered", exc_info=True)
     return LycorisExtension()
