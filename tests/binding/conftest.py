@@ -40,3 +40,11 @@ def get_twin(pack):
         return _TWINS[(family, seed)]
 
     return get
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free ModelPatchers while ComfyUI's modules are alive (their __del__ fails noisily at interpreter exit)."""
+    import gc
+
+    _TWINS.clear()
+    gc.collect()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lyco_testkit.lycoris_files import FLUX2_LOKR_CONFIG, SDXL_ATTN_CONFIG, config_for, make_lycoris
+from lyco_testkit.lycoris_files import SDXL_ATTN_CONFIG, config_for, family_config, make_lycoris
 from lyco_testkit.oracle import base_output, reference_output
 
 BOUND = 1e-4
@@ -82,10 +82,19 @@ def test_parity(binding, get_twin, tmp_path, family, case, algo, overrides, reco
     print(f"parity {family:6s} {case:22s} worst {worst:.2e}")
 
 
-@pytest.mark.parametrize("family,config", [("flux2", FLUX2_LOKR_CONFIG), ("sdxl", SDXL_ATTN_CONFIG)],
-                         ids=["flux2-klein-lokr-preset", "sdxl-attention-preset"])
-def test_simpletuner_presets(binding, get_twin, tmp_path, family, config):
-    """SimpleTuner's own presets (Flux 2 Klein LoKr full-matrix with per-class factors; SDXL attention-only)."""
+PRESETS = {
+    "flux2-klein-lokr": ("flux2", family_config("flux2")),  # the seed's Klein LoKr: full matrix, factors 2/4/2
+    "flux1-lokr": ("flux1", family_config("flux1")),
+    "sdxl-attention-lokr": ("sdxl", SDXL_ATTN_CONFIG),
+    "sdxl-attention-ff-lokr": ("sdxl", family_config("sdxl")),
+    "sd15-attention-locon": ("sd15", family_config("sd15")),
+}
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_simpletuner_presets(binding, get_twin, tmp_path, preset):
+    """SimpleTuner's presets per family load with zero unmatched keys and render the reference, both forms."""
+    family, config = PRESETS[preset]
     twin = get_twin(family)
     artifact = make_lycoris(twin.pristine_diffusers_model(), tmp_path / "preset.safetensors", config, seed=5, weight_std=0.2)
     inputs = twin.make_inputs(2)
