@@ -8,6 +8,7 @@ what was loaded (read by the strength node and the T-LoRA wrapper).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 import comfy.utils
 
 from ..lycoris_core.adapters.base import Adapter
-from ..lycoris_core.errors import LycorisError, NoMatchingKeysError
+from ..lycoris_core.errors import LycorisError, NoMatchingKeysError, ShapeMismatchError
+from ..lycoris_core.safetensors_file import read_header
 from ..lycoris_core.tlora_schedule import tlora_params_from_config
 from .bypass import BypassInjection, BypassSlice
 from .file_cache import load_parsed
@@ -30,6 +32,49 @@ MODES = ("auto", "merged", "bypass")
 MAX_UNMATCHED_SHARE = 0.10
 # Algorithms whose merged form also changes the bias (`diff_b`, `b_norm`).
 BIAS_ALGOS = ("full", "norm")
+# The loader/strength widgets' range (ComfyUI skips its own min/max check for inputs a node validates itself).
+STRENGTH_MIN, STRENGTH_MAX = -100.0, 100.0
+# Size sanity before any tensor data is read: no LyCORIS tensor is larger than the largest weight it can target
+# (full `diff` = that weight; LoKr/LoHa/LoCon factors are smaller), and no file holds more elements than the
+# model. A file declaring more than SIZE_RATIO times that (plus slack for tiny models) is refused from its header.
+SIZE_RATIO = 4
+SIZE_SLACK = 1 << 22  # elements
+# T-LoRA wrapper widgets: min_rank -1 (from the file) or 1..TLORA_MAX_RANK; alpha 0 (from the file) .. 100.
+TLORA_MAX_RANK = 4096
+TLORA_MAX_ALPHA = 100.0
+
+
+def strength_problem(strength, lo: float = STRENGTH_MIN, hi: float = STRENGTH_MAX) -> str | None:
+    """Why `strength` is not a usable LyCORIS multiplier (None when it is): not a number, NaN/Inf, out of range.
+    None (a linked input, unknown at validation) is accepted."""
+    if strength is None:
+        return None
+    try:
+        value = float(strength)
+    except (TypeError, ValueError, OverflowError):
+        return f"strength must be a number, got {strength!r}"
+    if not math.isfinite(value):
+        return f"strength must be a finite number between {lo:g} and {hi:g}, got {value}"
+    if not lo <= value <= hi:
+        return f"strength {value:g} is outside {lo:g}..{hi:g}"
+    return None
+
+
+def tlora_params_problem(min_rank=None, alpha=None) -> str | None:
+    """Why T-LoRA wrapper parameters are unusable (None when they are fine; None values are linked inputs)."""
+    if min_rank is not None:
+        if isinstance(min_rank, bool) or not isinstance(min_rank, int):
+            return f"min_rank must be an integer, got {min_rank!r}"
+        if not (min_rank == -1 or 1 <= min_rank <= TLORA_MAX_RANK):
+            return f"min_rank must be -1 (from the file) or 1..{TLORA_MAX_RANK}, got {min_rank}"
+    if alpha is not None:
+        try:
+            value = float(alpha)
+        except (TypeError, ValueError, OverflowError):
+            return f"tlora_alpha must be a number, got {alpha!r}"
+        if not math.isfinite(value) or not 0.0 <= value <= TLORA_MAX_ALPHA:
+            return f"tlora_alpha must be 0 (from the file) .. {TLORA_MAX_ALPHA:g}, got {value}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,6 +147,28 @@ def _place(adapters: dict[str, Adapter], key_map: dict, label: str, family: str)
     return placed, sorted(unmatched)
 
 
+def check_declared_sizes(path: str, model, label: str) -> None:
+    """Refuse, from the header alone (before any tensor is allocated), a file whose tensors are absurdly large for
+    `model`: one tensor bigger than SIZE_RATIO x the model's largest weight, or more elements than SIZE_RATIO x the
+    whole model (plus SIZE_SLACK)."""
+    _, infos, _ = read_header(path)
+    if not infos:
+        return
+    params = [p.numel() for p in model.parameters()] or [0]
+    largest, total = max(params), sum(params)
+    key, biggest = max(((k, math.prod(i.shape)) for k, i in infos.items()), key=lambda kv: kv[1])
+    if biggest > SIZE_RATIO * largest + SIZE_SLACK:
+        raise ShapeMismatchError(
+            f"{label}: tensor '{key}' declares {biggest:,} elements, more than {SIZE_RATIO}x the largest weight of "
+            f"this model ({largest:,}); refused before reading it. Fix: this file was made for a much larger model "
+            f"(or is damaged); load it on the model it was trained for.")
+    declared = sum(math.prod(i.shape) for i in infos.values())
+    if declared > SIZE_RATIO * total + SIZE_SLACK:
+        raise ShapeMismatchError(
+            f"{label}: the file declares {declared:,} tensor elements, more than {SIZE_RATIO}x this whole model "
+            f"({total:,}); refused before reading it. Fix: load it on the model it was trained for.")
+
+
 def _check_shapes(placed: dict, model, label: str) -> None:
     for name, (adapter, target) in placed.items():
         weight = comfy.utils.get_attr(model, target.key)
@@ -168,6 +235,10 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
     the input patcher is never modified.
     """
     label = os.path.basename(path)
+    problem = strength_problem(strength, -math.inf, math.inf)
+    if problem:
+        raise LycorisError(f"{label}: {problem}. Fix: give a finite strength (1.0 is the trained strength).")
+    check_declared_sizes(path, patcher.model, label)
     parsed = load_parsed(path, rank_cap)
     family = family_of(patcher)
     placed, unmatched = _place(parsed.adapters, build_key_map(patcher), label, family)
@@ -193,6 +264,7 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
                         len(placed), len(parsed.adapters), unmatched)
     if unmatched:
         report.notes.append("Unmatched modules were skipped; the rest loaded (their share is small).")
+    report.notes.extend("warning: " + w.replace(parsed.file.path, label) for w in parsed.file.warnings)
     if schedule is not None:
         report.notes.append(schedule.describe())
     return clone, report

@@ -81,6 +81,7 @@ def _refuse_pickle(path: str, head: bytes) -> None:
 def read_header(path: str) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
     """(metadata, tensor infos, data start offset) from the file's header, fully validated; reads no tensor data."""
     path = os.fspath(path)
+    _refuse_pickle(path, b"")  # by extension: a pickle file is never even opened
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -101,7 +102,7 @@ def read_header(path: str) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
         raise _fail(path, f"cannot read the file ({e.strerror or e})", "check the path and permissions") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _fail(path, f"the safetensors header is not valid JSON ({e})",
                     "the file is damaged or not a safetensors file; re-export it") from None
     if not isinstance(header, dict):
@@ -111,19 +112,23 @@ def read_header(path: str) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
     meta_raw = header.pop("__metadata__", None) or {}
     if not isinstance(meta_raw, dict):
         raise _fail(path, "key '__metadata__' is not a JSON object", "re-export the file")
-    metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta_raw.items()}
+    for k, v in meta_raw.items():
+        if not isinstance(v, str):  # safetensors itself refuses such a file: say which key
+            raise _fail(path, f"metadata key '{k}' holds a {type(v).__name__}, not a string",
+                        "re-save the file with string metadata values (json.dumps them)")
+    metadata = dict(meta_raw)
     infos: dict[str, TensorInfo] = {}
     for key, entry in header.items():
         if not isinstance(entry, dict):
             raise _fail(path, f"header entry for key '{key}' is not an object", "re-export the file")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPES:
-            raise _fail(path, f"key '{key}' has unknown dtype {dtype!r}",
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise _fail(path, f"key '{key}' has unknown dtype {_short(dtype)}",
                         "re-export the file with a standard dtype (F32/F16/BF16)")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise _fail(path, f"key '{key}' has an invalid shape {shape!r}", "re-export the file")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise _fail(path, f"key '{key}' has invalid data_offsets {offsets!r}", "re-export the file")
+        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+            raise _fail(path, f"key '{key}' has an invalid shape {_short(shape)}", "re-export the file")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise _fail(path, f"key '{key}' has invalid data_offsets {_short(offsets)}", "re-export the file")
         begin, end = offsets
         if not 0 <= begin <= end <= data_size:
             raise _fail(path, f"key '{key}' data_offsets [{begin}, {end}] fall outside the {data_size} data bytes",
@@ -133,7 +138,28 @@ def read_header(path: str) -> tuple[dict[str, str], dict[str, TensorInfo], int]:
             raise _fail(path, f"key '{key}' holds {end - begin} bytes but {dtype}{shape} needs {expect}",
                         "the file is damaged; re-export it")
         infos[key] = TensorInfo(dtype, tuple(shape), begin, end)
+    # safetensors stores tensors back to back and covers the whole data buffer; check it here to name the key.
+    pos = 0
+    for key, info in sorted(infos.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if info.begin != pos:
+            raise _fail(path, f"key '{key}' data starts at byte {info.begin} of the data buffer, but the previous "
+                              f"tensor ends at byte {pos} (overlapping or gapped tensors)",
+                        "the file is damaged or hand-edited; re-export it")
+        pos = info.end
+    if pos != data_size:
+        raise _fail(path, f"the tensors cover {pos} of the {data_size} data bytes (trailing data)",
+                    "the file is damaged or was appended to; re-export it")
     return metadata, infos, data_start
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v, limit: int = 80) -> str:
+    """repr(v), cut to `limit` characters (header values come from untrusted files)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_metadata_only(path: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..lycoris_comfy.apply import MODES, apply_lycoris
+from ..lycoris_comfy.apply import MODES, apply_lycoris, strength_problem
 from ..lycoris_comfy.file_cache import file_signature
 from ..lycoris_comfy.paths import lycoris_names, resolve_lycoris_path
 from . import ids
@@ -37,6 +37,11 @@ class LycorisLoader(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model carrying the LyCORIS.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, strength=None):
+        # Named inputs skip ComfyUI's min/max check, and NaN passes it: strength_problem checks both.
+        return strength_problem(strength) or True
 
     @classmethod
     def fingerprint_inputs(cls, lycoris_name, **kwargs):

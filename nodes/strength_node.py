@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ..lycoris_comfy.apply import strength_problem
 from ..lycoris_comfy.simpletuner_config import strength_from_simpletuner_config
 from ..lycoris_comfy.strength import set_strength
 from . import ids
@@ -33,6 +34,11 @@ class LycorisStrength(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model at the new strength.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, strength=None):
+        # Named inputs skip ComfyUI's min/max check, and NaN passes it: strength_problem checks both.
+        return strength_problem(strength) or True
 
     @classmethod
     def execute(cls, model, strength, simpletuner_config="", lycoris_name="") -> io.NodeOutput:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ..lycoris_comfy.apply import tlora_params_problem
 from ..lycoris_comfy.tlora_config import configure_tlora
 from . import ids
 
@@ -31,6 +32,11 @@ class TLoraSamplerWrapper(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model with the T-LoRA schedule set.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, min_rank=None, tlora_alpha=None):
+        # Named inputs skip ComfyUI's min/max check, and NaN passes it: tlora_params_problem checks both.
+        return tlora_params_problem(min_rank, tlora_alpha) or True
 
     @classmethod
     def execute(cls, model, min_rank, tlora_alpha, enabled) -> io.NodeOutput:

@@ -4,12 +4,16 @@
 Keys are `<module>.<suffix>`; the module is the part before the FIRST '.', the suffix may contain dots
 (`lora_up.weight`). Detection follows lycoris-lora's `MODULE_LIST` order (reference §3.3): the first algorithm
 with any of its detection keys wins. DyLoRA files have LoCon's keys and load as "locon".
+
+Files come from the internet, so every module is also checked before use: floating-point tensors only (`alpha`
+may be any number), finite values only (NaN/Inf are refused with the module names: one NaN turns the whole image
+black), and an adapter whose tensors do not fit together raises AdapterFormatError, never another exception.
 """
 from __future__ import annotations
 
 import torch
 
-from ..errors import AdapterFormatError
+from ..errors import AdapterFormatError, LycorisError
 from .base import Adapter
 from .boft import BOFTAdapter
 from .diag_oft import DiagOFTAdapter
@@ -73,14 +77,67 @@ def _hint_for_unknown(keys: set[str]) -> str:
     return ""
 
 
+#: modules named in a non-finite-values error
+_MAX_NAMED = 8
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """True when a tensor holds no NaN/Inf (fp8 is checked through fp16, which holds every fp8 value)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if t.element_size() == 1:
+        t = t.to(torch.float16)
+    return bool(torch.isfinite(t).all())
+
+
+def _check_values(groups: dict[str, dict[str, torch.Tensor]], source: str) -> None:
+    """Refuse integer/bool adapter tensors and NaN/Inf values, naming the modules and tensors."""
+    for name, group in groups.items():
+        for suffix, t in group.items():
+            if not isinstance(t, torch.Tensor):
+                raise AdapterFormatError(f"{source}: module '{name}', tensor '{suffix}' is not a tensor "
+                                         f"({type(t).__name__}). Fix: re-export the file from the trainer.")
+            if suffix != "alpha" and not t.is_floating_point():
+                raise AdapterFormatError(
+                    f"{source}: module '{name}', tensor '{suffix}' has dtype {str(t.dtype).replace('torch.', '')}; "
+                    f"LyCORIS weights are floating point. Fix: the file is damaged or not a LyCORIS file; "
+                    f"re-export it (fp32/fp16/bf16/fp8).")
+    bad = [(name, suffix) for name, group in groups.items() for suffix, t in group.items() if not _finite(t)]
+    if bad:
+        modules = sorted({n for n, _ in bad})
+        shown = ", ".join(f"'{n}.{k}'" for n, k in sorted(bad)[:_MAX_NAMED])
+        more = f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else ""
+        raise AdapterFormatError(
+            f"{source}: {len(modules)} module(s) hold NaN or Inf values: {shown}{more}. Applying them would turn "
+            f"every output into NaN (black images). Fix: training diverged or the file was saved in too small a "
+            f"dtype; use an earlier checkpoint, or re-save it in fp32/bf16.")
+
+
+def _build(cls: type[Adapter], name: str, group: dict, source: str, algo: str, **kwargs) -> Adapter:
+    """cls(name, group, source) with any non-LycorisError (a shape the adapter maths cannot use) turned into an
+    AdapterFormatError naming the module and its tensor shapes."""
+    try:
+        return cls(name, group, source, **kwargs)
+    except LycorisError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hostile files must only produce our errors
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(group.items()))
+        raise AdapterFormatError(
+            f"{source}: module '{name}' ({algo}) has tensors that do not fit together ({shapes}): "
+            f"{type(e).__name__}: {e}. Fix: the file is damaged or was written by an incompatible tool; re-export "
+            f"it from the trainer.") from None
+
+
 def parse_modules(tensors: dict[str, torch.Tensor], source: str, *, rank_cap: int | None = None,
-                  rank_cap_rescale: bool = False, strict: bool = True) -> dict[str, Adapter]:
+                  rank_cap_rescale: bool = False, strict: bool = True,
+                  check_values: bool = True) -> dict[str, Adapter]:
     """Module name -> Adapter for every module of a file's tensors (`source` names the file in errors).
 
     rank_cap: keep only the first k ranks of LoCon/DyLoRA modules (DyLoRA `dyn`); the scale stays alpha/r_full
     (A1111 LyCORIS extension semantics) unless rank_cap_rescale=True (alpha/k, DyLoRA's training scale at rank k).
     strict: keys that no algorithm uses (and keys without a '.') raise AdapterFormatError; lycoris-lora ignores
     them silently.
+    check_values: refuse non-float tensors and NaN/Inf values (module docstring).
     """
     groups: dict[str, dict[str, torch.Tensor]] = {}
     loose: list[str] = []
@@ -94,6 +151,8 @@ def parse_modules(tensors: dict[str, torch.Tensor], source: str, *, rank_cap: in
         raise AdapterFormatError(
             f"{source}: keys {sorted(loose)[:8]} are not '<module>.<tensor>' LyCORIS keys. Fix: this is not a "
             f"LyCORIS file (or was converted to another naming); load it with a loader for that format.")
+    if check_values:
+        _check_values(groups, source)
     adapters: dict[str, Adapter] = {}
     for name, group in groups.items():
         keys = set(group)
@@ -116,7 +175,8 @@ def parse_modules(tensors: dict[str, torch.Tensor], source: str, *, rank_cap: in
         if unknown:
             group = {k: v for k, v in group.items() if k not in unknown}
         if cls is LoConAdapter:
-            adapters[name] = cls(name, group, source, rank_cap=rank_cap, rank_cap_rescale=rank_cap_rescale)
+            adapters[name] = _build(cls, name, group, source, algo, rank_cap=rank_cap,
+                                    rank_cap_rescale=rank_cap_rescale)
         else:
-            adapters[name] = cls(name, group, source)
+            adapters[name] = _build(cls, name, group, source, algo)
     return adapters
