@@ -64,8 +64,9 @@ EXAMPLES: dict[str, dict] = {
     "sdxl_strength_sweep": {
         "note": "## Strength sweep\n\n"
                 "One *Load LyCORIS*, then one *LyCORIS Strength* per value: the file is read and placed once, "
-                "each branch only changes the multiplier (SimpleTuner's `validation_lycoris_strength`). Same "
-                "seed everywhere, so the images differ by the strength alone.\n\n"
+                "each branch only changes the multiplier (SimpleTuner's `validation_lycoris_strength`). In "
+                "**bypass** a branch is just another scalar; in merged form each branch re-patches the weights. "
+                "Same seed everywhere, so the images differ by the strength alone.\n\n"
                 "Model: `sd_xl_base_1.0.safetensors` (checkpoints).\n\n" + MODELS_NOTE,
     },
     "flux1_stack_two_lycoris": {
