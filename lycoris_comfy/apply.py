@@ -136,13 +136,13 @@ def _place(adapters: dict[str, Adapter], key_map: dict, label: str, family: str)
         hint = f" Its module names look like a {looks} model." if looks else ""
         raise NoMatchingKeysError(
             f"{label}: none of its {len(adapters)} modules matches this {family} model "
-            f"(first: {', '.join(sorted(unmatched)[:3])}).{hint} Load it on the model it was trained for."
+            f"(first: {', '.join(sorted(unmatched)[:3])}).{hint} Fix: load it on the model it was trained for."
         )
     if len(unmatched) > MAX_UNMATCHED_SHARE * len(adapters):
         raise NoMatchingKeysError(
             f"{label}: {len(unmatched)} of {len(adapters)} modules match nothing in this {family} model, e.g. "
-            f"{', '.join(sorted(unmatched)[:5])}. The file was probably trained for another model or variant; "
-            "load it on that model."
+            f"{', '.join(sorted(unmatched)[:5])}. The file was probably trained for another model or variant. "
+            "Fix: load it on that model."
         )
     return placed, sorted(unmatched)
 
