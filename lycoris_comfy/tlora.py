@@ -15,18 +15,21 @@ import torch
 import comfy.model_sampling
 import comfy.patcher_extension
 
-from ..lycoris_core.tlora_schedule import fill_mask_
+from ..lycoris_core.tlora_schedule import active_rank, fill_mask_
+from .tlora_base_cache import install_base_preparation
 
 MAX_TIMESTEP = 1000  # SimpleTuner's num_train_timesteps for every standard scheduler
 
 
 def model_timestep(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
-    """SimpleTuner's T-LoRA timestep for `sigma` (a tensor): 1000·sigma for flow (CONST) models, else the
-    model's own discrete timestep (nearest training index for SD1.x/SDXL). Float tensor, same device."""
+    """SimpleTuner's T-LoRA timestep for `sigma` (a tensor), as the integer its pipelines pass (`int(t)`):
+    floor(1000·sigma) for flow (CONST) models, computed in fp32 like diffusers' `timesteps = sigmas * 1000`; else
+    the model's own discrete timestep (the nearest training index for SD1.x/SDXL; floor(t + 1e-4) in case a
+    ComfyUI version interpolates). Float tensor on sigma's device; tensor ops only (no host sync)."""
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         # ComfyUI's sigma is already shifted; ModelSamplingFlux.timestep(sigma) would return sigma itself (0..1).
-        return sigma.float() * MAX_TIMESTEP
-    return model_sampling.timestep(sigma).float()
+        return torch.floor(sigma.float() * MAX_TIMESTEP)
+    return torch.floor(model_sampling.timestep(sigma).float() + 1e-4)
 
 
 class TLoraSchedule:
@@ -64,20 +67,96 @@ class TLoraSchedule:
                 fill_mask_(buf, timestep, self.max_rank, self.min_rank, self.alpha, MAX_TIMESTEP)
 
     def apply_model_wrapper(self, executor, x, t, *args, **kwargs):
-        """ComfyUI APPLY_MODEL wrapper: update the mask from this call's sigma, then run the model."""
-        model_sampling = executor.class_obj.model_sampling
-        self.update(model_timestep(model_sampling, t[0]), x.device, x.dtype)
+        """ComfyUI APPLY_MODEL wrapper: update the mask from this call's sigma, then run the model.
+
+        Per call: a few tiny device ops (timestep, rank, compare, copy_ into the buffer); no host sync, no
+        host-to-device copy. The buffer is first made in the model's compute dtype (what the hooks see)."""
+        model = executor.class_obj
+        self.update(model_timestep(model.model_sampling, t[0]), x.device, _compute_dtype(model, x.dtype))
         return executor(x, t, *args, **kwargs)
 
     def install(self, patcher) -> None:
-        """Register this schedule's APPLY_MODEL wrapper on `patcher` (a clone owned by the caller)."""
+        """Register this schedule's APPLY_MODEL wrapper on `patcher` (a clone owned by the caller), and the
+        ON_PRE_RUN callback that prepares the T-LoRA SVD bases before sampling (once per patcher)."""
+        self.uninstall(patcher)
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.key, self.apply_model_wrapper)
+        install_base_preparation(patcher)
 
     def uninstall(self, patcher) -> None:
         """Remove this schedule's wrapper from `patcher`."""
         patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.key)
 
+    def ranks_for(self, timesteps) -> list[int]:
+        """Active rank at each SimpleTuner timestep (host values; for display)."""
+        return [active_rank(float(t), self.max_rank, self.min_rank, self.alpha, MAX_TIMESTEP) for t in timesteps]
+
     def describe(self) -> str:
         """One line: the parameters and where they came from."""
         return (f"T-LoRA mask: max_rank {self.max_rank}, min_rank {self.min_rank}, alpha {self.alpha:g}"
                 f"{' (' + self.source + ')' if self.source else ''}")
+
+
+def _compute_dtype(model, fallback: torch.dtype) -> torch.dtype:
+    """The dtype the model's layers compute in (manual cast dtype, else the weight dtype)."""
+    dtype = getattr(model, "manual_cast_dtype", None)
+    if dtype is None:
+        try:
+            dtype = model.get_dtype()
+        except Exception:  # noqa: BLE001 - unusual model objects: the latent's dtype
+            dtype = fallback
+    return dtype if dtype.is_floating_point and dtype.itemsize >= 2 else fallback
+
+
+# ------------------------------------------------------------------------------------------ schedule picture
+DEFAULT_PLOT_STEPS = 20
+DEFAULT_PLOT_SCHEDULER = "simple"
+
+
+def schedule_table(model_sampling, sigmas: torch.Tensor, schedule: TLoraSchedule | None, max_rank: int):
+    """[(step, sigma, timestep, rank)] for the model evaluations at `sigmas` (the final sigma, normally 0, is not
+    evaluated); schedule None means the mask is off (all ranks)."""
+    sig = sigmas.detach().float().cpu().reshape(-1)
+    if sig.numel() > 1:
+        sig = sig[:-1]
+    ts = model_timestep(model_sampling, sig).tolist() if sig.numel() else []
+    ranks = schedule.ranks_for(ts) if schedule is not None else [max_rank] * len(ts)
+    return [(i, float(s), float(t), int(r)) for i, (s, t, r) in enumerate(zip(sig.tolist(), ts, ranks))]
+
+
+def render_schedule_image(panels: list[dict], width: int = 640, panel_height: int = 220) -> torch.Tensor:
+    """An IMAGE (1, H, W, 3) float in [0, 1]: one bar chart of active rank vs step per panel.
+
+    Panel: {"title": str, "subtitle": str, "rows": schedule_table(...), "max_rank": int}. numpy/PIL only."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    panels = panels or [{"title": "no T-LoRA", "subtitle": "", "rows": [], "max_rank": 1}]
+    height = panel_height * len(panels)
+    img = Image.new("RGB", (width, height), (24, 24, 28))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for k, panel in enumerate(panels):
+        top = k * panel_height
+        left, right, plot_top, plot_bottom = 44, width - 12, top + 40, top + panel_height - 26
+        draw.text((8, top + 4), panel["title"], fill=(235, 235, 235), font=font)
+        draw.text((8, top + 20), panel.get("subtitle", ""), fill=(170, 170, 175), font=font)
+        max_rank = max(int(panel["max_rank"]), 1)
+        draw.line([(left, plot_top), (left, plot_bottom), (right, plot_bottom)], fill=(120, 120, 125))
+        for value in sorted({0, max_rank // 2, max_rank}):
+            y = plot_bottom - (plot_bottom - plot_top) * value / max_rank
+            draw.line([(left - 3, y), (right, y)], fill=(55, 55, 60))
+            draw.text((6, y - 6), str(value), fill=(170, 170, 175), font=font)
+        rows = panel["rows"]
+        n = len(rows)
+        if n:
+            slot = (right - left - 2) / n
+            label_every = max(1, int(np.ceil(n / 16)))
+            for i, (_step, _sigma, _t, rank) in enumerate(rows):
+                x0 = left + 2 + i * slot
+                x1 = x0 + max(slot - 2, 1)
+                y = plot_bottom - (plot_bottom - plot_top) * rank / max_rank
+                draw.rectangle([x0, y, x1, plot_bottom - 1], fill=(90, 160, 230))
+                if i % label_every == 0 or i == n - 1:
+                    draw.text((x0, plot_bottom + 4), str(i), fill=(170, 170, 175), font=font)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).unsqueeze(0)

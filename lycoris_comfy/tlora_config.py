@@ -1,12 +1,72 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""What the T-LoRA Sampler Wrapper node does to a model: override, or disable, its loaded T-LoRA schedules."""
+"""What the T-LoRA Sampler Wrapper node does to a model: override, or disable, its loaded T-LoRA schedules, say
+which parameters are used and where they came from, and draw the schedule."""
 from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from ..lycoris_core.errors import LycorisError
-from .apply import ATTACHMENT, default_schedule, loaded_lycoris
-from .tlora import TLoraSchedule
+from ..lycoris_core.tlora_schedule import tlora_params_from_config
+from . import file_cache
+from .apply import ATTACHMENT, loaded_lycoris
+from .tlora import (DEFAULT_PLOT_SCHEDULER, DEFAULT_PLOT_STEPS, TLoraSchedule, render_schedule_image,
+                    schedule_table)
+from .tlora_base_cache import install_base_preparation, quantized_targets
+
+_CONFIG_KEYS = {"max_rank": "linear_dim", "min_rank": "tlora_min_rank", "alpha": "tlora_alpha"}
+
+
+def config_origin(config: dict | None) -> str:
+    """Where a loaded file's lycoris_config came from, in words (metadata, sidecar path, or nowhere)."""
+    if config is None:
+        return "no lycoris_config (neither in the file's metadata nor a lycoris_config.json beside it)"
+    source = None
+    with file_cache._lock:
+        for parsed in file_cache._cache.values():
+            if parsed.file.config is config:
+                source = parsed.file.config_source
+                break
+    if source == "metadata":
+        return "the file's lycoris_config metadata"
+    if source and source.startswith("sidecar:"):
+        return f"lycoris_config.json beside the file ({source[len('sidecar:'):]})"
+    return "the file's lycoris_config"
+
+
+def file_params(record) -> tuple[dict, dict]:
+    """({"max_rank", "min_rank", "alpha"}, {name: where, in words}) of a loaded T-LoRA file (SimpleTuner's way:
+    lycoris_config metadata, else the sidecar, else SimpleTuner's defaults; max_rank falls back to the largest
+    module rank since final saves drop linear_dim)."""
+    ranks = [a.rank for a, _ in record.adapters.values() if a.algo == "tlora"]
+    params = tlora_params_from_config(record.config, ranks)
+    origin = config_origin(record.config)
+    where = {}
+    for name, note in params["source"].items():
+        if note.startswith("lycoris_config."):
+            where[name] = f"{_CONFIG_KEYS[name]} in {origin}"
+        elif note.startswith("default"):
+            where[name] = "SimpleTuner's default (not in the config)"
+        else:
+            where[name] = f"{note} (linear_dim not in the config)"
+    if params["max_rank"] is None:
+        raise LycorisError(f"{record.name}: cannot tell the T-LoRA max rank (no linear_dim and no module ranks).")
+    return {k: params[k] for k in ("max_rank", "min_rank", "alpha")}, where
+
+
+def _describe(record, schedule: TLoraSchedule | None, where: dict) -> str:
+    if schedule is None:
+        return f"{record.name}: T-LoRA mask OFF (all ranks at every step, what a merged T-LoRA renders)"
+    parts = [f"max_rank {schedule.max_rank} ({where['max_rank']})", f"min_rank {schedule.min_rank} "
+             f"({where['min_rank']})", f"alpha {schedule.alpha:g} ({where['alpha']})"]
+    ranks = [a.rank for a, _ in record.adapters.values() if a.algo == "tlora"]
+    odd = sum(1 for r in ranks if r != schedule.max_rank)
+    text = f"{record.name}: T-LoRA mask on, " + "; ".join(parts)
+    if odd:
+        text += (f"\n  {odd} of {len(ranks)} T-LoRA modules have another rank than max_rank: the mask is truncated "
+                 f"for smaller ones, extra ranks stay on for larger ones (as LyCORIS does)")
+    return text
 
 
 def configure_tlora(patcher, min_rank: int = -1, alpha: float = 0.0, enabled: bool = True):
@@ -26,24 +86,60 @@ def configure_tlora(patcher, min_rank: int = -1, alpha: float = 0.0, enabled: bo
             updated.append(record)
             continue
         record.schedule.uninstall(clone)
+        params, where = file_params(record)
         schedule = None
         if enabled:
-            base = default_schedule(record.adapters, record.config)
-            sources = [base.source] if base.source else []
-            min_r, a = base.min_rank, base.alpha
             if min_rank >= 1:
-                min_r, sources = min(min_rank, base.max_rank), sources + ["min_rank from the node"]
+                params["min_rank"], where["min_rank"] = min(min_rank, params["max_rank"]), "from this node"
+                if min_rank > params["max_rank"]:
+                    where["min_rank"] += f", clamped to max_rank (asked {min_rank})"
             if alpha > 0:
-                a, sources = alpha, sources + ["alpha from the node"]
-            schedule = TLoraSchedule(base.max_rank, min_r, a, "; ".join(sources))
+                params["alpha"], where["alpha"] = float(alpha), "from this node"
+            source = "; ".join(f"{k} {where[k]}" for k in ("max_rank", "min_rank", "alpha"))
+            schedule = TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"], source)
             schedule.install(clone)
-            lines.append(f"{record.name}: {schedule.describe()}")
-        else:
-            lines.append(f"{record.name}: T-LoRA mask disabled (all ranks at every step)")
+        lines.append(_describe(record, schedule, where))
         injection = record.injection.with_schedule(schedule)
         injection.install(clone)
-        # Keep a schedule object even when disabled so the node can be re-applied downstream.
-        updated.append(dataclasses.replace(record, injection=injection,
-                                           schedule=schedule or record.schedule))
+        # Keep a schedule object even when disabled so the node can be re-applied downstream; the injection's
+        # schedule (active_schedule) says whether the mask is on.
+        updated.append(dataclasses.replace(record, injection=injection, schedule=schedule or record.schedule))
+    install_base_preparation(clone)
     clone.attachments[ATTACHMENT] = tuple(updated)
+    quantized = quantized_targets(clone)
+    if quantized:
+        lines.append(f"warning: {len(quantized)} T-LoRA target weight(s) are stored quantized (fp8 or similar, e.g. "
+                     f"{quantized[0]}): the T-LoRA base is rebuilt from the dequantized weight, which differs from "
+                     f"training; load the base model in bf16/fp16 for SimpleTuner's exact result.")
     return clone, "\n".join(lines)
+
+
+def active_schedule(record) -> TLoraSchedule | None:
+    """The schedule the hooks of `record` read (None: mask off)."""
+    return None if record.injection is None else record.injection.schedule
+
+
+def schedule_image(patcher, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """IMAGE of the active rank at every model evaluation of `sigmas` (default: 20 steps of the 'simple'
+    scheduler), one panel per T-LoRA load on `patcher`."""
+    model_sampling = patcher.get_model_object("model_sampling")
+    note = "for the connected sigmas"
+    if sigmas is None or sigmas.numel() < 2:
+        import comfy.samplers
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling, DEFAULT_PLOT_SCHEDULER, DEFAULT_PLOT_STEPS)
+        note = f"{DEFAULT_PLOT_STEPS} steps of '{DEFAULT_PLOT_SCHEDULER}' (connect SIGMAS for your sampler)"
+    panels = []
+    for record in loaded_lycoris(patcher):
+        if record.schedule is None:
+            continue
+        schedule = active_schedule(record)
+        rows = schedule_table(model_sampling, sigmas, schedule, record.schedule.max_rank)
+        if schedule is None:
+            title = f"{record.name}: mask off, all {record.schedule.max_rank} ranks"
+        else:
+            title = (f"{record.name}: active rank per step (max {schedule.max_rank}, min {schedule.min_rank}, "
+                     f"alpha {schedule.alpha:g})")
+        ranks = " ".join(str(r[3]) for r in rows[:24]) + (" ..." if len(rows) > 24 else "")
+        panels.append({"title": title, "subtitle": f"{note}: {ranks}", "rows": rows,
+                       "max_rank": record.schedule.max_rank})
+    return render_schedule_image(panels)

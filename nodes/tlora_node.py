@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..lycoris_comfy.apply import tlora_params_problem
-from ..lycoris_comfy.tlora_config import configure_tlora
+from ..lycoris_comfy.tlora_config import configure_tlora, schedule_image
 from . import ids
 
 

@@ -30,20 +30,60 @@ from .base import conv_fn, conv_groups, geometry, layer_weight, lora_scale, read
 _BASE_KEYS = ("base_q.weight", "base_p.weight", "base_lambda")
 
 
-def tlora_svd_base(weight: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-r SVD of `weight` (out, in[, 1...]) in fp32: P0 (out, r), Q0 (r, in), λ0 (r,).
+#: Below this smaller dimension the direct fp32 SVD is cheap; above it the float64 Gram route is used.
+GRAM_MIN_DIM = 128
 
-    Ranks beyond min(out, in) are zero vectors with λ0 = 1e-6, as LyCORIS pads them.
+
+def tlora_svd_base(weight: torch.Tensor, r: int, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-r SVD of `weight` (out, in[, 1...]): P0 (out, r), Q0 (r, in), λ0 (r,), fp32, on weight's device.
+
+    Ranks beyond min(out, in) are zero vectors with λ0 = 1e-6, as LyCORIS pads them. `method`:
+    - "svd": `torch.linalg.svd` of the fp32 weight, what LyCORIS does at load;
+    - "gram": exact SVD through the float64 eigendecomposition of the smaller Gram matrix (W Wᵀ or WᵀW), then
+      the other side's vectors as Wᵀu/‖Wᵀu‖ (or Wv/‖Wv‖), σ = that norm. Several times faster for large or
+      wide/tall matrices on CPU and more accurate than fp32 SVD; singular triplets agree with "svd" up to the sign
+      of each (u, v) pair, which cancels in P0·diag(λ0⊙μ)·Q0 (rounding to the file dtype is sign-symmetric too);
+    - "auto": "gram" when min(out, in) >= GRAM_MIN_DIM, else "svd".
+    Only the top r triplets are kept; a repeated singular value straddling a mask cut is inherently ambiguous
+    (any SVD routine may pick another basis of that subspace).
     """
-    w = weight.detach().float().reshape(weight.shape[0], -1)
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    q0, p0, lam0 = vh[:r], u[:, :r], s[:r]
+    w = weight.detach().reshape(weight.shape[0], -1)
+    out_dim, in_dim = w.shape
+    k = min(out_dim, in_dim)
+    if method == "auto":
+        method = "gram" if k >= GRAM_MIN_DIM else "svd"
+    if method == "svd":
+        u, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
+        q0, p0, lam0 = vh[:r], u[:, :r], s[:r]
+    elif method == "gram":
+        q0, p0, lam0 = _gram_top_svd(w, min(r, k))
+    else:
+        raise ValueError(f"method must be 'auto', 'svd' or 'gram', not {method!r}")
     pad = r - q0.shape[0]
     if pad > 0:
         q0 = F.pad(q0, (0, 0, 0, pad))
         p0 = F.pad(p0, (0, pad))
         lam0 = F.pad(lam0, (0, pad), value=1e-6)
     return p0.contiguous(), q0.contiguous(), lam0.contiguous()
+
+
+def _gram_top_svd(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Vᵀ_r (r, in), U_r (out, r), Σ_r (r,)) in fp32 from the float64 eigendecomposition of the smaller Gram."""
+    dt = torch.float64 if w.device.type != "mps" else torch.float32
+    wd = w.to(dt)
+    wide = wd.shape[0] <= wd.shape[1]
+    gram = wd @ wd.T if wide else wd.T @ wd
+    _, vecs = torch.linalg.eigh(gram)  # ascending eigenvalues
+    top = vecs[:, -r:].flip(-1) if r > 0 else vecs[:, :0]  # (small, r), descending
+    other = wd.T @ top if wide else wd @ top  # columns σ_i·v_i (wide) or σ_i·u_i (tall)
+    sig = other.norm(dim=0)
+    unit = other / torch.where(sig > 0, sig, torch.ones_like(sig))
+    # σ from the norm keeps σ_i·u_i·v_iᵀ = u_i·(Wᵀu_i)ᵀ exact even for tiny σ; sort again in case eigh's order
+    # and the norms disagree by rounding.
+    sig, order = sig.sort(descending=True)
+    top, unit = top[:, order], unit[:, order]
+    u, v = (top, unit) if wide else (unit, top)
+    return v.T.float(), u.float(), sig.float()
 
 
 class TLoRAAdapter(AdditiveAdapter):
@@ -119,51 +159,92 @@ class TLoRAAdapter(AdditiveAdapter):
         super().check_target(weight_shape, where)
 
     # ------------------------------------------------------------------ base
-    def prepare_base(self, weight: torch.Tensor) -> None:
-        """Compute (once) the SVD base from the *unpatched* base weight; later calls reuse it."""
-        self._base(lambda: weight)
+    @property
+    def has_stored_base(self) -> bool:
+        """True when the file carries base_q/base_p/base_lambda (no SVD needed)."""
+        return all(k in self.tensors for k in _BASE_KEYS)
+
+    @property
+    def base_token(self):
+        """The token the current SVD base was set with (e.g. a hash of the weight), or None."""
+        return self._shared.get("tlora_base_token")
+
+    def prepare_base(self, weight: torch.Tensor | None = None, *, token=None, svd=None) -> None:
+        """Set the SVD base from the *unpatched* base weight (or its row slice), shared by every `to()` copy.
+
+        `svd`: a precomputed `tlora_svd_base(weight, rank)` result (fp32, unrounded), e.g. from a disk cache;
+        else it is computed from `weight`. `token` names the weight (a content hash): a base already set with the
+        same token is kept, another token replaces it (the same file loaded on another model). Without a token
+        an existing base is kept. A file with stored base tensors never needs this.
+        """
+        if self.has_stored_base:
+            return
+        current = self._shared.get("tlora_base")
+        if current is not None and (token is None or token == self.base_token):
+            return
+        if svd is None:
+            if weight is None:
+                raise ValueError(f"{self._where()}: prepare_base needs the base weight or its SVD")
+            svd = tlora_svd_base(weight, self.rank)
+        self._set_svd(svd, token)
+
+    def _set_svd(self, svd, token) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r = self.rank
+        p0, q0, lam0 = svd
+        if p0.shape[-1] != r or q0.shape[0] != r or lam0.numel() != r:
+            raise ValueError(f"{self._where()}: SVD base of rank {lam0.numel()} for a rank-{r} module")
+        # SimpleTuner casts the network (buffers included) to the file dtype: round the base the same way.
+        base = tuple(t.detach().to(self.file_dtype).float() for t in (p0, q0, lam0.reshape(r)))
+        self._shared["tlora_base"] = base
+        self._shared["tlora_base_token"] = token
+        return base
 
     def _base(self, weight_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P0 (out, r), Q0 (r, in), λ0 (r,)) in fp32, stored or from the SVD of `weight_fn()`, cached (shared
-        with `to()` copies, so the SVD runs once per adapter)."""
+        with `to()` copies, so the SVD runs once per adapter unless `prepare_base` sets another)."""
         base = self._shared.get("tlora_base")
         if base is not None:
             return base
         r = self.rank
-        if all(k in self.tensors for k in _BASE_KEYS):
+        if self.has_stored_base:
             p0 = self.tensors["base_p.weight"].float().reshape(-1, r)
             q0 = self.tensors["base_q.weight"].float().reshape(r, -1)
             lam0 = self.tensors["base_lambda"].float().reshape(r)
-        else:
-            weight = weight_fn()
-            # SimpleTuner casts the network (buffers included) to the file dtype: round the base the same way.
-            p0, q0, lam0 = (t.to(self.file_dtype).float() for t in tlora_svd_base(weight, r))
-        base = self._shared["tlora_base"] = (p0, q0, lam0)
-        return base
+            base = self._shared["tlora_base"] = (p0, q0, lam0)
+            return base
+        return self._set_svd(tlora_svd_base(weight_fn(), r), None)
 
     def _factors(self, like: torch.Tensor, weight_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(down [Q; Q0] (2r, in), up [P | P0] (out, 2r), λ2 [λ; −λ0] (2r,)) on like's device/dtype, cached."""
-        key = ("tlora_factors", like.device, like.dtype)
+        """(down [Q; Q0] (2r, in), up [P | P0] (out, 2r), s·[λ; −λ0] (2r,)) on like's device/dtype, cached per
+        base token (a base replaced by `prepare_base` rebuilds them). The scale s is folded into the diagonal."""
+        key = ("tlora_factors", like.device, like.dtype, self._shared.get("tlora_base_token"))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         r = self.rank
         p0, q0, lam0 = self._base(weight_fn)
+        key = ("tlora_factors", like.device, like.dtype, self._shared.get("tlora_base_token"))
+        for old in [k for k in self._cache if k[0] == "tlora_factors" and k[1:3] == key[1:3]]:
+            del self._cache[old]
         q = self.tensors["q_layer.weight"].reshape(r, -1)
         p = self.tensors["p_layer.weight"].reshape(-1, r)
         lam = self.tensors["lambda_layer"].reshape(r)
         dev, dt = like.device, like.dtype
         down = torch.cat([q.to(dev, dt), q0.to(dev, dt)], dim=0)
         up = torch.cat([p.to(dev, dt), p0.to(dev, dt)], dim=1)
-        lam2 = torch.cat([lam.to(dev, dt), -lam0.to(dev, dt)])
+        lam2 = (torch.cat([lam.float(), -lam0.float()]) * self.scale).to(dev, dt)
         hit = self._cache[key] = (down, up, lam2)
         return hit
 
     def _lam_eff(self, lam2: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """s·[λ⊙μ; −λ0⊙μ]: (2r,), or (B, 2r) for a per-sample mask; one small allocation, no concatenation."""
         mu = self._mask_vec(like)
         if mu is None:
             return lam2
-        return lam2 * torch.cat([mu, mu], dim=-1)
+        r = self.rank
+        if mu.dim() == 1:
+            return (lam2.view(2, r) * mu).view(2 * r)
+        return (lam2.view(1, 2, r) * mu.reshape(-1, 1, r)).reshape(-1, 2 * r)
 
     # ------------------------------------------------------------------ maths
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
@@ -175,7 +256,7 @@ class TLoRAAdapter(AdditiveAdapter):
         if lam_eff.dim() != 1:
             raise ValueError(f"{self._where()}: a per-sample T-LoRA mask {tuple(self.mask.shape)} cannot be merged "
                              f"into one weight; use bypass")
-        return ((up * lam_eff) @ down * self.scale).reshape(self.expected_weight_shape())
+        return ((up * lam_eff) @ down).reshape(self.expected_weight_shape())
 
     def _refuse_kernel(self, shape) -> None:
         if len(shape) > 2 and math.prod(shape[2:]) != 1:
@@ -195,10 +276,10 @@ class TLoRAAdapter(AdditiveAdapter):
         if layer.kind == "linear":
             if lam_eff.dim() == 2:  # per-sample (B, 2r) -> (B, 1, ..., 2r)
                 lam_eff = lam_eff.reshape(lam_eff.shape[0], *([1] * (x.dim() - 2)), -1)
-            return F.linear(F.linear(x, down) * lam_eff, up) * self.scale
+            return F.linear(F.linear(x, down).mul_(lam_eff), up)
         nd = len(layer.weight_shape)
         conv, ones = conv_fn(nd), [1] * (nd - 2)
         h = conv(x, down.reshape(*down.shape, *ones), **geometry(layer, groups=False))
         lead = 1 if lam_eff.dim() == 1 else lam_eff.shape[0]  # per-sample: (B, 2r, 1, ...)
-        h = h * lam_eff.reshape(lead, -1, *([1] * (h.dim() - 2)))
-        return conv(h, up.reshape(*up.shape, *ones)) * self.scale
+        h = h.mul_(lam_eff.reshape(lead, -1, *([1] * (h.dim() - 2))))
+        return conv(h, up.reshape(*up.shape, *ones))
