@@ -1,0 +1,1018 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Benchmarks (issue 8): load+patch, strength change, per-step cost and memory of LyCORIS files in ComfyUI,
+ours (merged, bypass, T-LoRA) side by side with ComfyUI's built-in LoraLoaderModelOnly and LyCORIS's own bypass.
+
+    .host/venv/bin/python bench/run.py            # CPU, mid-size models, < 10 min on 2 cores
+    .host/venv/bin/python bench/run.py --quick    # smoke run on tiny models (< 1 min)
+    .host/venv/bin/python bench/run.py --gpu      # CUDA, bf16, bigger models, host syncs + kernel launches
+
+What it does
+- builds mid-size synthetic models programmatically (the approach of tests/lyco_testkit/twins.py, bigger configs):
+  a Flux-2-shaped ComfyUI model (``comfy.supported_models.Flux2``) and its diffusers twin
+  (``Flux2Transformer2DModel``, same weights), and an SDXL-shaped one (one UNet level at 1280 channels with
+  64-channel heads and a 2048-wide context: SDXL's inner attention);
+- makes LyCORIS files with lycoris-lora exactly as SimpleTuner does (``lyco_testkit.lycoris_files.make_lycoris``,
+  bf16, cached under bench/results/cache): LoRA r16/r64, LoKr factor 4/16 full matrix and decomposed, LoHa,
+  DoRA, T-LoRA r64 (Flux 2; SDXL: LoRA r64 and LoKr f16);
+- for the built-in loader, writes a key-renamed copy of each file (same tensors; modules the built-in 0.3.75 does
+  not map on Flux 2 renamed to their ComfyUI ``lora_unet_*`` names, fused q/k/v slices kept) so that both loaders
+  patch exactly the same weights (checked: same number of patches);
+- measures, in rounds that alternate the variants (rotated order each round), medians of:
+  load+patch time (apply/load node call + the first sampling call, where ComfyUI patches), strength change
+  (ours: ``set_strength``; built-in: the same LoraLoaderModelOnly instance, file cached, at a new strength; both
+  followed by one sampling call), time per denoise step (base, ours merged, ours bypass, ours T-LoRA, built-in
+  merged; LyCORIS's own bypass forward on the diffusers twin and its diffusers base), peak memory (RSS on CPU,
+  ``torch.cuda.max_memory_allocated`` on GPU);
+- computes each bypass adapter's theoretical FLOP overhead (landscape.md section 3.2 cost model, with the real
+  token counts of each targeted layer; base FLOPs counted with ``torch.utils.flop_counter``) next to the measured
+  one;
+- prints tables of medians and ratios, a target check (issue 8), and writes JSON (bench/results/bench-*.json).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as _dt
+import gc
+import hashlib
+import importlib
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+try:
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
+
+S1, S2 = 1.0, 0.6  # load strength, then the strength-change target
+
+# ------------------------------------------------------------------------------------------------ sizes
+SIZES = {
+    # Flux 2: hidden = heads * head_dim, axes sum = head_dim; img tokens = H*W (patch 1), txt padded to 512 by
+    # comfy.model_base.Flux2. SDXL: one UNet level at 320*4 = 1280 channels (SDXL's inner level), 64-ch heads.
+    "cpu": dict(flux2=dict(hidden=1024, heads=8, depth=1, depth_single=1, ctx=512, hw=(16, 16)),
+                sdxl=dict(model_channels=320, mult=4, tdepth=1, ctx=2048, hw=(8, 8)), steps=4),
+    "quick": dict(flux2=dict(hidden=128, heads=2, depth=1, depth_single=1, ctx=64, hw=(4, 4)),
+                  sdxl=dict(model_channels=32, mult=2, tdepth=1, ctx=64, hw=(8, 8)), steps=2),
+    "gpu": dict(flux2=dict(hidden=3072, heads=24, depth=2, depth_single=4, ctx=2048, hw=(64, 64)),
+                sdxl=dict(model_channels=320, mult=4, tdepth=4, ctx=2048, hw=(32, 32)), steps=6),
+}
+
+FLUX2_TARGETS = ["Flux2Attention", "Flux2FeedForward", "Flux2ParallelSelfAttention"]
+SDXL_TARGETS = ["Attention"]
+
+
+@dataclass
+class Recipe:
+    """One LyCORIS file: name, label, lycoris_config (SimpleTuner style), whether the built-in loads it."""
+
+    name: str
+    label: str
+    config: dict
+    builtin: bool = True
+    family: str = "flux2"
+    path: Path | None = None
+    builtin_path: Path | None = None
+
+
+def recipes(family: str, quick: bool) -> list[Recipe]:
+    """The files of the benchmark (issue 8): every algorithm on Flux 2, LoRA r64 + LoKr f16 on SDXL."""
+    if family == "sdxl":
+        preset = {"target_module": list(SDXL_TARGETS)}
+        return [
+            Recipe("lora64", "LoRA r64", dict(algo="lora", linear_dim=64, linear_alpha=64, apply_preset=preset),
+                   family=family),
+            Recipe("lokr16f", "LoKr f16 full", dict(algo="lokr", factor=16, full_matrix=True, linear_dim=10000,
+                                                    linear_alpha=1, apply_preset=preset), family=family),
+        ]
+    preset = {"target_module": list(FLUX2_TARGETS)}
+    rk = 16
+
+    def c(**kw):
+        kw["apply_preset"] = copy.deepcopy(preset)
+        return kw
+
+    return [
+        Recipe("lora16", "LoRA r16", c(algo="lora", linear_dim=16, linear_alpha=16)),
+        Recipe("lora64", "LoRA r64", c(algo="lora", linear_dim=64, linear_alpha=64)),
+        Recipe("lokr4f", "LoKr f4 full", c(algo="lokr", factor=4, full_matrix=True, linear_dim=10000,
+                                           linear_alpha=1)),
+        Recipe("lokr16f", "LoKr f16 full", c(algo="lokr", factor=16, full_matrix=True, linear_dim=10000,
+                                             linear_alpha=1)),
+        Recipe("lokr4d", f"LoKr f4 dec r{rk}", c(algo="lokr", factor=4, linear_dim=rk, linear_alpha=rk)),
+        Recipe("lokr16d", f"LoKr f16 dec r{rk}", c(algo="lokr", factor=16, linear_dim=rk, linear_alpha=rk)),
+        Recipe("loha", f"LoHa r{rk}", c(algo="loha", linear_dim=rk, linear_alpha=rk)),
+        Recipe("dora", f"DoRA r{rk}", c(algo="lora", linear_dim=rk, linear_alpha=rk, dora_wd=True,
+                                        wd_on_output=True)),
+        Recipe("tlora64", "T-LoRA r64", c(algo="tlora", linear_dim=64, linear_alpha=64, tlora_min_rank=1,
+                                          tlora_alpha=1.0), builtin=False),
+    ]
+
+
+def row_ids(families=("flux2", "sdxl"), quick: bool = False) -> list[str]:
+    """Every row id the JSON must hold (the smoke test checks them)."""
+    ids = []
+    for fam in families:
+        ids += [f"{fam}/base", f"{fam}/diffusers_base"]
+        for r in recipes(fam, quick):
+            if r.builtin:
+                ids += [f"{fam}/{r.name}/builtin", f"{fam}/{r.name}/merged", f"{fam}/{r.name}/lycoris_bypass"]
+            ids += [f"{fam}/{r.name}/bypass"]
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------ timing, memory
+class Clock:
+    """Wall-clock stamps (CPU) or CUDA events (GPU); `elapsed(a, b)` in seconds."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        import torch
+
+        self.torch = torch
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def mark(self):
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def elapsed(self, a, b) -> float:
+        if self.cuda:
+            return a.elapsed_time(b) / 1000.0
+        return b - a
+
+
+class Memory:
+    """Peak memory since `reset()`, in MiB above the level at `reset()`: RSS high-water mark on CPU (reset through
+    /proc/self/clear_refs), torch.cuda.max_memory_allocated on GPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        import torch
+
+        self.torch = torch
+        self.base = 0.0
+        self.ok = True
+        if not cuda:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.ok = False
+
+    @staticmethod
+    def _status(field_name: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def current(self) -> float:
+        if self.cuda:
+            return self.torch.cuda.memory_allocated() / 2**20
+        return self._status("VmRSS")
+
+    def reset(self) -> None:
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        elif self.ok:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        self.base = self.current()
+
+    def peak(self) -> float:
+        """MiB above the level at the last reset."""
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated() / 2**20 - self.base
+        if not self.ok:
+            return float("nan")
+        return self._status("VmHWM") - self.base
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ------------------------------------------------------------------------------------------------ environment
+class Env:
+    """ComfyUI, the pack, the test kit, imported the way the tests do (ComfyUI first on sys.path)."""
+
+    def __init__(self, gpu: bool):
+        tests = str(REPO / "tests")
+        if tests not in sys.path:
+            sys.path.append(tests)  # after ComfyUI's root (host.import_comfy puts that first)
+        from lyco_testkit import host
+
+        host.import_comfy(cpu=not gpu)
+        self.pack = host.load_pack()
+        import torch
+
+        self.torch = torch
+        mod = lambda n: importlib.import_module(f"{self.pack.__name__}.lycoris_comfy.{n}")  # noqa: E731
+        self.apply = mod("apply")
+        self.strength = mod("strength")
+        self.file_cache = mod("file_cache")
+        self.keymaps = mod("keymaps")
+        from lyco_testkit import convert, lycoris_files, twins
+
+        self.convert, self.lycoris_files, self.twins = convert, lycoris_files, twins
+        import comfy.model_management as mm
+        import comfy.samplers
+        import comfy.sd
+        import comfy.utils
+        import folder_paths
+        import nodes
+
+        self.mm, self.samplers, self.comfy_sd, self.comfy_utils = mm, comfy.samplers, comfy.sd, comfy.utils
+        self.folder_paths, self.nodes = folder_paths, nodes
+        self.cuda = gpu
+        self.device = torch.device("cuda") if gpu else torch.device("cpu")
+        self.dtype = torch.bfloat16 if gpu else torch.float32
+        for name in ("LyCORIS", "lycoris", "comfy", "root", ""):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass
+class Bench:
+    """One family's models, inputs, files and measurements."""
+
+    family: str
+    size: dict
+    steps: int = 4
+    patcher: object = None  # base ModelPatcher
+    diffusers: object = None  # diffusers twin (same weights)
+    x: object = None
+    positive: list = None
+    sigmas: list = None  # [first call (load), step calls...]
+    diff_inputs: dict = None
+    files: list = field(default_factory=list)
+    tokens: dict = field(default_factory=dict)  # linear module path -> tokens per call
+    base_flops: float = 0.0
+
+
+def flux2_configs(sz: dict, twins) -> tuple[dict, dict]:
+    h, heads = sz["hidden"], sz["heads"]
+    hd = h // heads
+    axes = [hd // 4] * 4
+    dcfg = dict(twins.FLUX2_DIFFUSERS_CONFIG, num_layers=sz["depth"], num_single_layers=sz["depth_single"],
+                attention_head_dim=hd, num_attention_heads=heads, joint_attention_dim=sz["ctx"],
+                axes_dims_rope=tuple(axes))
+    ucfg = dict(copy.deepcopy(twins.FLUX2_UNET_CONFIG), axes_dim=axes, num_heads=heads, hidden_size=h,
+                context_in_dim=sz["ctx"], depth=sz["depth"], depth_single_blocks=sz["depth_single"])
+    return dcfg, ucfg
+
+
+def sdxl_configs(sz: dict, twins) -> tuple[dict, dict]:
+    """SDXL's inner level only: model_channels * mult channels, 64-channel heads, SDXL's adm (pooled 1280 + 6*256)."""
+    ch = sz["model_channels"] * sz["mult"]
+    pooled = 1280 if ch >= 1280 else 32
+    d = sz["tdepth"]
+    dcfg = dict(twins.SDXL_DIFFUSERS_CONFIG, down_block_types=("CrossAttnDownBlock2D",),
+                up_block_types=("CrossAttnUpBlock2D",), block_out_channels=(ch,), layers_per_block=1,
+                transformer_layers_per_block=(d,), attention_head_dim=(ch // 64,), cross_attention_dim=sz["ctx"],
+                projection_class_embeddings_input_dim=pooled + 6 * 256, norm_num_groups=32,
+                sample_size=sz["hw"][0])
+    # one level: ComfyUI's conv_in gives model_channels, diffusers' gives block_out_channels[0], so mult 1
+    ucfg = dict(copy.deepcopy(twins.SDXL_UNET_CONFIG), model_channels=ch, num_res_blocks=[1], channel_mult=[1], transformer_depth=[d], transformer_depth_output=[d, d],
+                transformer_depth_middle=d, context_dim=sz["ctx"], adm_in_channels=pooled + 6 * 256)
+    return dcfg, ucfg, pooled
+
+
+def sdxl_timesteps(steps: int) -> list[int]:
+    """The discrete timesteps of the SDXL bench calls: 949 (load call), then `steps` from 899 down to 299."""
+    return [949] + [round(899 - 600 * i / max(steps - 1, 1)) for i in range(steps)]
+
+
+def build_models(env: Env, b: Bench) -> None:
+    """The diffusers model (fp32 CPU, or bf16 on GPU), the ComfyUI ModelPatcher with the same weights, inputs."""
+    torch, twins, convert = env.torch, env.twins, env.convert
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    import diffusers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if b.family == "flux2":
+            dcfg, ucfg = flux2_configs(b.size, twins)
+            dmodel = diffusers.Flux2Transformer2DModel(**dcfg)
+            pooled = None
+        else:
+            dcfg, ucfg, pooled = sdxl_configs(b.size, twins)
+            dmodel = diffusers.UNet2DConditionModel(**dcfg)
+    twins._seeded_init(dmodel, 0)
+    dmodel = dmodel.eval().requires_grad_(False)
+    sd = dmodel.state_dict()
+    if b.family == "flux2":
+        csd = convert.flux2_diffusers_to_comfy(sd, ucfg["depth"], ucfg["depth_single_blocks"], ucfg["hidden_size"],
+                                               ucfg["guidance_embed"])
+        mc = sm.Flux2(ucfg)
+    else:
+        csd = convert.unet_diffusers_to_comfy(sd, ucfg)
+        mc = sm.SDXL(ucfg)
+    mc.set_inference_dtype(env.dtype, None)
+    model = mc.get_model({}, "")
+    missing, unexpected = model.diffusion_model.load_state_dict(csd, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{b.family}: state dict mismatch missing={missing[:5]} unexpected={unexpected[:5]}")
+    del csd
+    model = model.to(env.dtype).eval()
+    model.diffusion_model.requires_grad_(False)
+    cpu = torch.device("cpu")
+    b.patcher = comfy.model_patcher.ModelPatcher(model, load_device=env.device, offload_device=cpu)
+    b.diffusers = dmodel  # kept fp32 on CPU until the diffusers phase (moved to the device there)
+
+    g = torch.Generator().manual_seed(1)
+    h, w = b.size["hw"]
+    if b.family == "flux2":
+        b.x = torch.randn((1, 128, h, w), generator=g)
+        text = torch.randn((1, 16, b.size["ctx"]), generator=g)
+        ctx = torch.zeros((1, twins.FLUX2_TEXT_LEN, b.size["ctx"]))
+        ctx[:, -text.shape[1]:] = text
+        b.positive = [[ctx, {"pooled_output": None}]]
+        b.sigmas = [0.95] + [0.9 - 0.6 * i / max(b.steps - 1, 1) for i in range(b.steps)]
+        b.diff_inputs = dict(ctx=ctx)
+    else:
+        b.x = torch.randn((1, 4, h, w), generator=g)
+        ctx = torch.randn((1, 77, b.size["ctx"]), generator=g)
+        pool = torch.randn((1, pooled), generator=g)
+        size = dict(height=h * 8, width=w * 8, crop_h=0, crop_w=0, target_height=h * 8, target_width=w * 8)
+        b.positive = [[ctx, dict(pooled_output=pool, **size)]]
+        ms = b.patcher.model.model_sampling
+        b.sigmas = [float(ms.sigmas[t]) for t in sdxl_timesteps(b.steps)]
+        b.diff_inputs = dict(ctx=ctx, pooled=pool, size=size)
+
+
+def run_diffusers(env: Env, b: Bench, model, sigma: float):
+    """One forward of the diffusers model on the bench inputs (ComfyUI's layout/conventions, as twins.py)."""
+    torch = env.torch
+    dev, dt = env.device, env.dtype
+    x = b.x.to(dev, dt)
+    bsz, c, h, w = x.shape
+    with torch.no_grad():
+        if b.family == "flux2":
+            tokens = x.flatten(2).transpose(1, 2)
+            ctx = b.diff_inputs["ctx"].to(dev, dt)
+            img_ids = env.twins._grid_ids(h, w, 4).to(dev)
+            txt_ids = torch.zeros((ctx.shape[1], 4), device=dev)
+            txt_ids[:, 3] = torch.arange(ctx.shape[1], dtype=torch.float32, device=dev)
+            t = torch.full((bsz,), sigma, device=dev, dtype=dt)
+            return model(hidden_states=tokens, encoder_hidden_states=ctx, timestep=t, img_ids=img_ids,
+                         txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+        s = b.diff_inputs["size"]
+        time_ids = torch.tensor([[s["height"], s["width"], s["crop_h"], s["crop_w"], s["target_height"],
+                                  s["target_width"]]], dtype=dt, device=dev)
+        sample = x / (sigma ** 2 + 1.0) ** 0.5
+        t = torch.full((bsz,), 500, device=dev, dtype=torch.long)
+        return model(sample, t, encoder_hidden_states=b.diff_inputs["ctx"].to(dev, dt), return_dict=False,
+                     added_cond_kwargs={"text_embeds": b.diff_inputs["pooled"].to(dev, dt),
+                                        "time_ids": time_ids})[0]
+
+
+# ------------------------------------------------------------------------------------------------ files
+def make_files(env: Env, b: Bench, quick: bool, log) -> None:
+    """LyCORIS files (bf16, as SimpleTuner saves) made with lycoris-lora, cached by recipe + model size."""
+    cache = RESULTS / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    env.folder_paths.add_model_folder_path("loras", str(cache), is_default=True)
+    key_map = env.keymaps.build_key_map(b.patcher)
+    import comfy.lora
+
+    builtin_keys = comfy.lora.model_lora_keys_unet(b.patcher.model, {})
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    for r in recipes(b.family, quick):
+        tag = hashlib.sha1(json.dumps([b.family, b.size, r.config, 2], sort_keys=True).encode()).hexdigest()[:10]
+        r.path = cache / f"{b.family}-{r.name}-{tag}.safetensors"
+        if not r.path.exists():
+            t0 = time.perf_counter()
+            tmp = r.path.with_suffix(".tmp.safetensors")  # lycoris-lora picks the format from the extension
+            env.lycoris_files.make_lycoris(b.diffusers, tmp, r.config, seed=3, dtype=env.torch.bfloat16,
+                                           family=b.family)
+            os.replace(tmp, r.path)
+            log(f"  made {r.path.name} in {time.perf_counter() - t0:.1f} s")
+            gc.collect()
+        if r.builtin:
+            # Same tensors; module names the built-in does not map on this model renamed to ComfyUI's lora_unet_*.
+            r.builtin_path = r.path.with_name(r.path.stem + ".builtin.safetensors")
+            if not r.builtin_path.exists():
+                tensors = load_file(str(r.path))
+                with safe_open(str(r.path), framework="pt") as f:
+                    meta = f.metadata() or {}
+                out = {}
+                for k, v in tensors.items():
+                    mod, _, suffix = k.partition(".")
+                    target = key_map.get(mod)
+                    if mod not in builtin_keys and target is not None and target.offset is None \
+                            and target.function is None:
+                        mod = "lora_unet_" + target.key[len("diffusion_model."):-len(".weight")].replace(".", "_")
+                    out[f"{mod}.{suffix}"] = v
+                tmp = r.builtin_path.with_suffix(".tmp.safetensors")
+                save_file(out, str(tmp), meta)
+                os.replace(tmp, r.builtin_path)
+        b.files.append(r)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def timed_sample(env: Env, clock: Clock, patcher, b: Bench, sigmas: list, on_first=None, per_step=None):
+    """One `CFGGuider.sample` (cfg 1) whose sampler calls the model once per sigma; returns the stamps after each
+    call (clock marks). `on_first()` runs after the first call (e.g. a memory reset), `per_step(i)` is a context
+    manager factory wrapped around call i >= 1 (profiler, sync counter)."""
+    torch = env.torch
+    stamps = []
+
+    def sampler_fn(model, noise, sig, extra_args=None, callback=None, disable=None, **_):
+        x = b.x.to(noise.device, noise.dtype)
+        s_in = x.new_ones((x.shape[0],))
+        out = None
+        for i in range(len(sigmas)):
+            ctx = per_step(i) if (per_step is not None and i > 0) else contextlib.nullcontext()
+            with ctx:
+                out = model(x, sig[i] * s_in, **(extra_args or {}))
+                stamps.append(clock.mark())
+            if i == 0:
+                clock.sync()
+                if on_first is not None:
+                    on_first()
+        return out
+
+    guider = env.samplers.CFGGuider(patcher)
+    guider.inner_set_conds({"positive": b.positive})
+    guider.set_cfg(1.0)
+    sig = torch.tensor(list(sigmas) + [0.0])
+    zeros = torch.zeros_like(b.x)
+    with torch.inference_mode():
+        guider.sample(zeros, zeros, env.samplers.KSAMPLER(sampler_fn), sig, seed=0, disable_pbar=True)
+    clock.sync()
+    return stamps
+
+
+def clean(env: Env) -> None:
+    """Unload (unpatch / eject) every model, collect garbage, give freed heap back to the OS (steadier RSS)."""
+    env.mm.unload_all_models()
+    env.mm.cleanup_models_gc()
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    if env.cuda:
+        env.torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------ variants
+@dataclass
+class Variant:
+    id: str
+    kind: str  # base | builtin | merged | bypass | diffusers_base | lycoris_bypass
+    recipe: Recipe | None = None
+    data: dict = field(default_factory=lambda: {"load_s": [], "step_s": [], "set_s": [], "change_s": [],
+                                                "mem_load_mb": [], "mem_step_mb": [], "patches": None,
+                                                "syncs_per_step": None, "kernels_per_step": None})
+
+
+def make_patched(env: Env, b: Bench, v: Variant, strength: float, node=None):
+    """(patched clone, node) for a ComfyUI variant at `strength`."""
+    if v.kind == "base":
+        return b.patcher.clone(), None
+    if v.kind == "builtin":
+        node = node or env.nodes.LoraLoaderModelOnly()
+        return node.load_lora_model_only(b.patcher, v.recipe.builtin_path.name, strength)[0], node
+    clone, _ = env.apply.apply_lycoris(b.patcher, str(v.recipe.path), strength, v.kind)
+    return clone, None
+
+
+def count_patches(p) -> int:
+    return sum(len(v) for v in p.patches.values())
+
+
+def measure_comfy(env: Env, clock: Clock, mem: Memory, b: Bench, v: Variant, gpu_extra: bool) -> None:
+    """One round of a ComfyUI variant: load+patch+first call, steps, strength change (+ one call)."""
+    clean(env)
+    env.file_cache.clear()
+    mem.reset()
+    start = mem.base
+    marks = {}
+
+    def after_first():
+        marks["first_wall"] = time.perf_counter()
+        marks["first_mem"] = mem.peak()
+        mem.reset()
+
+    per_step = None
+    if gpu_extra and v.kind in ("bypass", "base"):
+        per_step = _GpuCounters(env, v)
+    clock.sync()
+    w0 = time.perf_counter()
+    patched, node = make_patched(env, b, v, S1)
+    stamps = timed_sample(env, clock, patched, b, b.sigmas, on_first=after_first, per_step=per_step)
+    d = v.data
+    d["load_s"].append(marks["first_wall"] - w0)
+    d["step_s"] += [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
+    d["mem_load_mb"].append(marks.get("first_mem"))
+    d["mem_step_mb"].append(mem.peak() + mem.base - start)  # peak during the steps, above the pre-load level
+    if per_step is not None:
+        per_step.store(d)
+    if v.kind in ("merged", "builtin"):
+        d["patches"] = count_patches(patched)
+    if v.kind != "base":
+        clock.sync()
+        w1 = time.perf_counter()
+        if v.kind == "builtin":
+            changed, _ = make_patched(env, b, v, S2, node)
+        else:
+            changed = env.strength.set_strength(patched, S2)
+        w2 = time.perf_counter()
+        st = timed_sample(env, clock, changed, b, b.sigmas[:1])
+        d["set_s"].append(w2 - w1)
+        d["change_s"].append(time.perf_counter() - w1)
+        del changed, st
+    del patched, node
+
+
+class _GpuCounters:
+    """Per-step host-sync count (torch.cuda.set_sync_debug_mode warnings) and CUDA kernel launches (profiler)."""
+
+    def __init__(self, env: Env, v: Variant):
+        self.env, self.v = env, v
+        self.syncs, self.kernels, self.steps = 0, [], 0
+
+    @contextlib.contextmanager
+    def __call__(self, i):
+        import warnings
+
+        torch = self.env.torch
+        self.steps += 1
+        if i == 1:  # kernels on one step
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                yield
+                torch.cuda.synchronize()
+            self.kernels.append(sum(1 for e in prof.events() if e.device_type.name == "CUDA"))
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        self.syncs += sum(1 for w in caught if "synchroniz" in str(w.message).lower())
+
+    def store(self, d):
+        n = max(self.steps - 1, 1)
+        d["syncs_per_step"] = self.syncs / n
+        d["kernels_per_step"] = median(self.kernels)
+
+
+def lycoris_network(env: Env, b: Bench, r: Recipe):
+    """LyCORIS 4.1.3's own network for recipe `r` on the diffusers twin, bypass mode, weights from the file."""
+    from lycoris import create_lycoris
+    from lycoris.wrapper import LycorisNetwork
+
+    lf = env.lycoris_files
+    kwargs = copy.deepcopy(r.config)
+    multiplier = float(kwargs.pop("multiplier", S1))
+    dim, alpha = int(kwargs.pop("linear_dim", 4)), int(kwargs.pop("linear_alpha", 1))
+    for k in ("tlora_min_rank", "tlora_alpha"):
+        kwargs.pop(k, None)
+    preset = kwargs.pop("apply_preset", None)
+    saved = lf._snapshot_preset_state(LycorisNetwork)
+    lf._reset_preset_state(LycorisNetwork)
+    try:
+        if preset:
+            LycorisNetwork.apply_preset(copy.deepcopy(preset))
+        with env.torch.random.fork_rng(devices=[]):
+            net = create_lycoris(b.diffusers, multiplier, dim, alpha, bypass_mode=True, **kwargs)
+    finally:
+        for k, val in saved.items():
+            setattr(LycorisNetwork, k, val)
+    net.apply_to()
+    state = net.load_weights(str(r.path))
+    if state.get("missing keys"):
+        raise RuntimeError(f"LyCORIS network for {r.name}: missing {state['missing keys'][:4]}")
+    net.to(env.device, env.dtype)
+    net.set_multiplier(S1)
+    return net
+
+
+def measure_diffusers(env: Env, clock: Clock, b: Bench, v: Variant) -> None:
+    net = lycoris_network(env, b, v.recipe) if v.kind == "lycoris_bypass" else None
+    try:
+        run_diffusers(env, b, b.diffusers, b.sigmas[0])  # warm-up (and LyCORIS's own caches)
+        clock.sync()
+        stamps = [clock.mark()]
+        for s in b.sigmas[1:]:
+            run_diffusers(env, b, b.diffusers, s)
+            stamps.append(clock.mark())
+        clock.sync()
+        v.data["step_s"] += [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
+    finally:
+        if net is not None:
+            net.restore()
+            del net
+            gc.collect()
+
+
+# ------------------------------------------------------------------------------------------------ theory
+def collect_tokens_and_flops(env: Env, b: Bench) -> None:
+    """Tokens per call of every Linear (forward pre-hooks) and the base step's FLOPs (flop_counter, with CPU SDPA
+    counted), from one base sampling call."""
+    torch = env.torch
+    from torch.utils import flop_counter as fcm
+
+    aten = torch.ops.aten
+
+    def sdpa(query_shape, key_shape, value_shape, *a, out_shape=None, **k):
+        return fcm.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    custom = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(aten, name, None)
+        if op is not None:
+            custom[op] = sdpa
+    handles = []
+    for name, mod in b.patcher.model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, args, n=name: b.tokens.__setitem__(n, args[0].numel() // args[0].shape[-1])))
+    clock = Clock(env.cuda)
+    try:
+        with fcm.FlopCounterMode(display=False, custom_mapping=custom) as fc:
+            timed_sample(env, clock, b.patcher.clone(), b, b.sigmas[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    b.base_flops = float(fc.get_total_flops())
+    clean(env)
+
+
+def adapter_flops(adapter, tokens: int, d_in: int, d_out: int, r_active: float | None = None) -> float:
+    """Cost-model FLOPs of one bypass adapter on a linear slice (landscape.md section 3.2)."""
+    algo = adapter.algo
+    t = adapter.tensors
+    if algo == "locon":
+        return 2.0 * tokens * adapter.rank * (d_in + d_out)
+    if algo == "tlora":
+        r = adapter.rank if r_active is None else min(r_active, adapter.rank)
+        return 2.0 * tokens * 2 * r * (d_in + d_out)  # current + base path, sliced to the active ranks
+    if algo == "lokr":
+        a, c = adapter._w1_shape()
+        bb = d_out // a
+        dd = d_in // c
+        if adapter.w2_full:
+            return 2.0 * tokens * (c * dd * bb + c * bb * a)
+        r2 = t["lokr_w2_a"].shape[1]
+        return 2.0 * tokens * (c * dd * r2 + c * r2 * bb + c * bb * a)
+    if algo == "loha":
+        r = adapter.rank
+        return 2.0 * tokens * d_in * d_out + 2 * 2.0 * r * d_in * d_out + 2.0 * d_in * d_out
+    raise ValueError(algo)
+
+
+def theory(env: Env, b: Bench, r: Recipe) -> dict:
+    """Theoretical bypass FLOP overhead of recipe `r` on the bench model (fraction of the base step)."""
+    parsed = env.file_cache.load_parsed(str(r.path))
+    key_map = env.keymaps.build_key_map(b.patcher)
+    tl = env.torch
+    total = 0.0
+    r_active = None
+    if r.config["algo"] == "tlora":
+        from importlib import import_module
+
+        sched = import_module(f"{env.pack.__name__}.lycoris_core.tlora_schedule")
+        rmax = r.config["linear_dim"]
+        ts = [1000.0 * s for s in b.sigmas[1:]] if b.family == "flux2" else sdxl_timesteps(b.steps)[1:]
+        r_active = statistics.mean(sched.active_rank(t, rmax, r.config["tlora_min_rank"], r.config["tlora_alpha"])
+                                   for t in ts)
+    adapter_bytes = 0
+    for name, adapter in parsed.adapters.items():
+        target = key_map.get(name)
+        if target is None:
+            continue
+        path = target.key.rsplit(".", 1)[0]
+        weight = env.comfy_utils.get_attr(b.patcher.model, target.key)
+        d_out = target.offset[2] if target.offset is not None else weight.shape[0]
+        d_in = weight.shape[1]
+        total += adapter_flops(adapter, b.tokens.get(path, 0), d_in, d_out, r_active)
+        adapter_bytes += sum(v.numel() for v in adapter.tensors.values()) * tl.finfo(env.dtype).bits // 8
+    largest = max(n * env.comfy_utils.get_attr(b.patcher.model, k + ".weight").shape[0]
+                  for k, n in b.tokens.items()) * tl.finfo(env.dtype).bits // 8
+    return {"theory_overhead": total / b.base_flops, "adapter_mb": adapter_bytes / 2**20,
+            "file_mb": r.path.stat().st_size / 2**20, "layer_act_mb": largest / 2**20, "r_active": r_active}
+
+
+# ------------------------------------------------------------------------------------------------ main loop
+def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
+    clock, mem = Clock(env.cuda), Memory(env.cuda)
+    b = Bench(family, sizes[family], sizes["steps"])
+    t0 = time.perf_counter()
+    build_models(env, b)
+    log(f"[{family}] models built in {time.perf_counter() - t0:.1f} s: {b.size}")
+    gc.collect()
+    gc.freeze()  # the imported world and the models move to the permanent generation: later collections are cheap
+    make_files(env, b, args.quick, log)
+    collect_tokens_and_flops(env, b)
+    log(f"[{family}] base step {b.base_flops / 1e9:.2f} GFLOP, {len(b.tokens)} linears")
+
+    comfy_vs = [Variant(f"{family}/base", "base")]
+    diff_vs = [Variant(f"{family}/diffusers_base", "diffusers_base")]
+    for r in b.files:
+        if r.builtin:
+            comfy_vs.append(Variant(f"{family}/{r.name}/builtin", "builtin", r))
+            comfy_vs.append(Variant(f"{family}/{r.name}/merged", "merged", r))
+            diff_vs.append(Variant(f"{family}/{r.name}/lycoris_bypass", "lycoris_bypass", r))
+        comfy_vs.append(Variant(f"{family}/{r.name}/bypass", "bypass", r))
+    if args.only:
+        comfy_vs = [v for v in comfy_vs if v.kind == "base" or any(o in v.id for o in args.only)]
+        diff_vs = [v for v in diff_vs if v.kind == "diffusers_base" or any(o in v.id for o in args.only)]
+
+    rounds = args.rounds
+    for rnd in range(rounds):
+        tr = time.perf_counter()
+        k = rnd % len(comfy_vs)
+        order = comfy_vs[k:] + comfy_vs[:k]
+        for v in order:
+            tv = time.perf_counter()
+            measure_comfy(env, clock, mem, b, v, gpu_extra=env.cuda and rnd == 0)
+            if args.verbose:
+                log(f"    {v.id}: {time.perf_counter() - tv:.2f} s")
+        clean(env)
+        b.diffusers.to(env.device, env.dtype)
+        k = rnd % len(diff_vs)
+        for v in diff_vs[k:] + diff_vs[:k]:
+            tv = time.perf_counter()
+            measure_diffusers(env, clock, b, v)
+            if args.verbose:
+                log(f"    {v.id}: {time.perf_counter() - tv:.2f} s")
+        b.diffusers.to("cpu", env.torch.float32)
+        log(f"[{family}] round {rnd + 1}/{rounds} in {time.perf_counter() - tr:.1f} s (load {os.getloadavg()[0]:.2f})")
+
+    rows = []
+    med = {}
+    for v in comfy_vs + diff_vs:
+        d = v.data
+        row = {"id": v.id, "family": family, "kind": v.kind, "file": v.recipe.name if v.recipe else None,
+               "label": v.recipe.label if v.recipe else ("ComfyUI base" if v.kind == "base" else "diffusers base"),
+               "algo": v.recipe.config["algo"] if v.recipe else None,
+               "n_step_samples": len(d["step_s"]),
+               "step_ms": _ms(median(d["step_s"])),
+               "load_s": median(d["load_s"]), "strength_set_ms": _ms(median(d["set_s"])),
+               "strength_change_s": median(d["change_s"]),
+               "mem_load_mb": median(d["mem_load_mb"]), "mem_step_mb": median(d["mem_step_mb"]),
+               "patches": d["patches"], "syncs_per_step": d["syncs_per_step"],
+               "kernels_per_step": d["kernels_per_step"]}
+        med[v.id] = row
+        rows.append(row)
+    # ratios
+    base = med[f"{family}/base"]["step_ms"]
+    dbase = med[f"{family}/diffusers_base"]["step_ms"]
+    for r in b.files:
+        pre = f"{family}/{r.name}"
+        if f"{pre}/bypass" not in med:  # filtered out by --only
+            continue
+        th = theory(env, b, r)
+        byp = med[f"{pre}/bypass"]
+        byp.update(th)
+        byp["bypass_over_base"] = byp["step_ms"] / base
+        byp["measured_overhead"] = byp["step_ms"] / base - 1.0
+        byp["measured_over_theory"] = byp["measured_overhead"] / th["theory_overhead"]
+        byp["mem_overhead_mb"] = _sub(byp["mem_step_mb"], med[f"{family}/base"]["mem_step_mb"])
+        byp["mem_bound_mb"] = th["adapter_mb"] + th["file_mb"] * (0 if env.cuda else 1) + th["layer_act_mb"]
+        if r.builtin:
+            bi, mg, ly = med[f"{pre}/builtin"], med[f"{pre}/merged"], med[f"{pre}/lycoris_bypass"]
+            mg["merged_over_base"] = mg["step_ms"] / base
+            bi["builtin_over_base"] = bi["step_ms"] / base
+            mg["load_over_builtin"] = mg["load_s"] / bi["load_s"]
+            byp["load_over_builtin"] = byp["load_s"] / bi["load_s"]
+            mg["change_over_builtin"] = mg["strength_change_s"] / bi["strength_change_s"]
+            byp["change_over_builtin"] = byp["strength_change_s"] / bi["strength_change_s"]
+            ly["lycoris_overhead"] = ly["step_ms"] / dbase - 1.0
+            byp["lycoris_overhead"] = ly["lycoris_overhead"]
+            byp["over_lycoris"] = (byp["step_ms"] / base) / (ly["step_ms"] / dbase)
+            if bi["patches"] != mg["patches"]:
+                bi["note"] = f"built-in placed {bi['patches']} patches, ours {mg['patches']}"
+    if f"{family}/tlora64/bypass" in med and f"{family}/lora64/bypass" in med:
+        t, l = med[f"{family}/tlora64/bypass"], med[f"{family}/lora64/bypass"]
+        t["tlora_over_lora"] = t["step_ms"] / l["step_ms"]
+    meta = {"family": family, "size": b.size, "base_gflop": b.base_flops / 1e9, "sigmas": b.sigmas,
+            "linears": len(b.tokens)}
+    for row in rows:
+        row["meta"] = meta if row["kind"] == "base" else None
+    del b
+    clean(env)
+    return rows
+
+
+def _ms(x):
+    return None if x is None else 1000.0 * x
+
+
+def _sub(a, c):
+    return None if a is None or c is None else a - c
+
+
+# ------------------------------------------------------------------------------------------------ report
+def fmt(x, spec="{:.2f}"):
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x != x:
+        return "nan"
+    return spec.format(x)
+
+
+def tables(rows: list[dict]) -> str:
+    by = {r["id"]: r for r in rows}
+    out = []
+    for fam in sorted({r["family"] for r in rows}, key=lambda f: ["flux2", "sdxl"].index(f)):
+        base = by[f"{fam}/base"]
+        meta = base["meta"]
+        out.append(f"\n## {fam}: {meta['size']}, base step {meta['base_gflop']:.1f} GFLOP; base {fmt(base['step_ms'], '{:.1f}')} ms/step, "
+                   f"diffusers base {fmt(by[f'{fam}/diffusers_base']['step_ms'], '{:.1f}')} ms/step")
+        files = []
+        for r in rows:
+            if r["family"] == fam and r["file"] and r["file"] not in files:
+                files.append(r["file"])
+        out.append("\nload+patch (s, incl. first call) and strength change (set ms / set+next call s)")
+        out.append("| file | built-in load | merged load | bypass load | merged/built-in | bypass/built-in | "
+                   "built-in change | merged change | bypass set ms | bypass change | merged chg/built-in |")
+        out.append("|---" * 11 + "|")
+        for f in files:
+            bi, mg, bp = by.get(f"{fam}/{f}/builtin", {}), by.get(f"{fam}/{f}/merged", {}), by[f"{fam}/{f}/bypass"]
+            out.append(f"| {bp['label']} | {fmt(bi.get('load_s'))} | {fmt(mg.get('load_s'))} | {fmt(bp['load_s'])} | "
+                       f"{fmt(mg.get('load_over_builtin'))} | {fmt(bp.get('load_over_builtin'))} | "
+                       f"{fmt(bi.get('strength_change_s'))} | {fmt(mg.get('strength_change_s'))} | "
+                       f"{fmt(bp['strength_set_ms'], '{:.3f}')} | {fmt(bp['strength_change_s'])} | "
+                       f"{fmt(mg.get('change_over_builtin'))} |")
+        out.append("\nstep time (ms, median) and overheads")
+        out.append("| file | built-in merged | merged | bypass | merged/base | bypass/base | theory % | measured % | "
+                   "meas/theory | LyCORIS bypass % | ours/LyCORIS |")
+        out.append("|---" * 11 + "|")
+        for f in files:
+            bi, mg, bp = by.get(f"{fam}/{f}/builtin", {}), by.get(f"{fam}/{f}/merged", {}), by[f"{fam}/{f}/bypass"]
+            out.append(f"| {bp['label']} | {fmt(bi.get('step_ms'), '{:.1f}')} | {fmt(mg.get('step_ms'), '{:.1f}')} | "
+                       f"{fmt(bp['step_ms'], '{:.1f}')} | {fmt(mg.get('merged_over_base'), '{:.3f}')} | "
+                       f"{fmt(bp.get('bypass_over_base'), '{:.3f}')} | {fmt(100 * bp['theory_overhead'], '{:.1f}')} | "
+                       f"{fmt(100 * bp['measured_overhead'], '{:.1f}')} | {fmt(bp.get('measured_over_theory'))} | "
+                       f"{fmt(_pct(bp.get('lycoris_overhead')), '{:.1f}')} | {fmt(bp.get('over_lycoris'), '{:.3f}')} |")
+        t = by.get(f"{fam}/tlora64/bypass")
+        if t and t.get("tlora_over_lora") is not None:
+            out.append(f"\nT-LoRA r64 / LoRA r64 bypass step: {t['tlora_over_lora']:.3f} (mean active rank over the "
+                       f"steps {t['r_active']:.1f} of 64)")
+        out.append("\nmemory (MiB): peak above the level before (load+first call) / during steps; bypass overhead vs "
+                   "base steps and its bound (adapter + parsed file + one layer's output)")
+        out.append("| file | built-in load | merged load | bypass load | bypass steps | base steps | bypass overhead | "
+                   "bound | adapter |")
+        out.append("|---" * 9 + "|")
+        for f in files:
+            bi, mg, bp = by.get(f"{fam}/{f}/builtin", {}), by.get(f"{fam}/{f}/merged", {}), by[f"{fam}/{f}/bypass"]
+            out.append(f"| {bp['label']} | {fmt(bi.get('mem_load_mb'), '{:.0f}')} | {fmt(mg.get('mem_load_mb'), '{:.0f}')} | "
+                       f"{fmt(bp['mem_load_mb'], '{:.0f}')} | {fmt(bp['mem_step_mb'], '{:.0f}')} | "
+                       f"{fmt(base['mem_step_mb'], '{:.0f}')} | {fmt(bp.get('mem_overhead_mb'), '{:.0f}')} | "
+                       f"{fmt(bp.get('mem_bound_mb'), '{:.0f}')} | {fmt(bp.get('adapter_mb'), '{:.1f}')} |")
+        gpu = [r for r in rows if r["family"] == fam and r.get("syncs_per_step") is not None]
+        if gpu:
+            out.append("\nGPU: host syncs and kernel launches per step")
+            for r in gpu:
+                out.append(f"- {r['id']}: syncs/step {r['syncs_per_step']:.2f}, kernels/step {fmt(r['kernels_per_step'], '{:.0f}')}")
+    return "\n".join(out)
+
+
+def _pct(x):
+    return None if x is None else 100 * x
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 8 targets, per row: name, value, limit, met."""
+    res = []
+
+    def add(name, value, limit, ok):
+        res.append({"target": name, "value": value, "limit": limit, "met": bool(ok) if value is not None else None})
+
+    for r in rows:
+        rid = r["id"]
+        if r["kind"] == "merged":
+            add(f"{rid}: merged/base step <= 1.01", r.get("merged_over_base"), 1.01,
+                r.get("merged_over_base") is not None and r["merged_over_base"] <= 1.01)
+            add(f"{rid}: load+patch <= built-in", r.get("load_over_builtin"), 1.0,
+                r.get("load_over_builtin") is not None and r["load_over_builtin"] <= 1.0)
+        if r["kind"] == "bypass":
+            mt = r.get("measured_over_theory")
+            add(f"{rid}: bypass overhead <= 1.3 x theory", mt, 1.3, mt is not None and mt <= 1.3)
+            if r.get("over_lycoris") is not None:
+                add(f"{rid}: bypass step/base no worse than LyCORIS's own", r["over_lycoris"], 1.0,
+                    r["over_lycoris"] <= 1.0)
+            if r.get("load_over_builtin") is not None:
+                add(f"{rid}: load+patch <= built-in", r["load_over_builtin"], 1.0, r["load_over_builtin"] <= 1.0)
+            add(f"{rid}: strength change (set_strength) < 10 ms", r["strength_set_ms"], 10.0,
+                r["strength_set_ms"] is not None and r["strength_set_ms"] < 10.0)
+            ov, bound = r.get("mem_overhead_mb"), r.get("mem_bound_mb")
+            add(f"{rid}: bypass memory overhead <= adapter + one layer", ov, bound,
+                ov is not None and bound is not None and ov <= bound)
+            if r.get("tlora_over_lora") is not None:
+                add(f"{rid}: T-LoRA step <= 1.03 x LoRA r64 bypass", r["tlora_over_lora"], 1.03,
+                    r["tlora_over_lora"] <= 1.03)
+            if r.get("syncs_per_step") is not None and r["file"] == "tlora64":
+                add(f"{rid}: zero host syncs per step (GPU)", r["syncs_per_step"], 0, r["syncs_per_step"] == 0)
+    return res
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import comfyui_version
+
+        info["comfyui"] = comfyui_version.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny models, one round: a smoke run")
+    ap.add_argument("--gpu", action="store_true", help="CUDA, bf16, bigger models; host syncs, kernel launches")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 1)")
+    ap.add_argument("--families", default="flux2,sdxl")
+    ap.add_argument("--only", nargs="*", help="only variants whose id contains one of these (plus the bases)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--verbose", action="store_true", help="log every variant's wall time")
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/bench-<mode>-<time>.json)")
+    args = ap.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    mode = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
+    if args.quick and args.gpu:
+        mode = "quick"
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    env = Env(args.gpu)
+    if args.threads:
+        env.torch.set_num_threads(args.threads)
+    log(f"ComfyUI + pack imported ({mode}); load average {load_start[0]:.2f}")
+    rows = []
+    for fam in args.families.split(","):
+        rows += run_family(env, fam, SIZES[mode], args, log)
+    tgt = targets(rows)
+    result = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "mode": mode, "machine": machine(), "rounds": args.rounds,
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "wall_s": time.perf_counter() - t_start, "rows": rows, "targets": tgt,
+        "expected_rows": row_ids(args.families.split(","), args.quick),
+    }
+    text = tables(rows)
+    print(text)
+    print("\ntargets (issue 8):")
+    for t in tgt:
+        mark = "ok " if t["met"] else ("-- " if t["met"] is None else "NO ")
+        print(f"  {mark} {t['target']}: {fmt(t['value'], '{:.3f}')} (limit {fmt(t['limit'], '{:.3f}')})")
+    out = Path(args.out) if args.out else RESULTS / f"bench-{mode}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    la = os.getloadavg()
+    log(f"wrote {out} (load average at end {la[0]:.2f}; start {load_start[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
