@@ -29,8 +29,13 @@ class TLoraSamplerWrapper(io.ComfyNode):
                                tooltip="Exponent of the schedule (tlora_alpha). 0: from the file, else 1.0."),
                 io.Boolean.Input("enabled", default=True,
                                  tooltip="Off: all ranks at every step (what a merged T-LoRA renders)."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="Optional: your sampler's SIGMAS (e.g. from BasicScheduler), for the "
+                                        "'schedule' picture. Without it the picture uses 20 steps of 'simple'."),
             ],
-            outputs=[io.Model.Output(tooltip="A copy of the model with the T-LoRA schedule set.")],
+            outputs=[io.Model.Output(tooltip="A copy of the model with the T-LoRA schedule set."),
+                     io.Image.Output("schedule", display_name="schedule",
+                                     tooltip="Active T-LoRA rank at each step (one panel per T-LoRA file).")],
         )
 
     @classmethod
@@ -39,6 +44,7 @@ class TLoraSamplerWrapper(io.ComfyNode):
         return tlora_params_problem(min_rank, tlora_alpha) or True
 
     @classmethod
-    def execute(cls, model, min_rank, tlora_alpha, enabled) -> io.NodeOutput:
+    def execute(cls, model, min_rank, tlora_alpha, enabled, sigmas=None) -> io.NodeOutput:
         patched, text = configure_tlora(model, min_rank, tlora_alpha, enabled)
-        return io.NodeOutput(patched, ui=ui.PreviewText(text))
+        image = schedule_image(patched, sigmas)
+        return io.NodeOutput(patched, image, ui=ui.PreviewText(text))
