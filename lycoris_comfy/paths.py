@@ -16,9 +16,20 @@ def lycoris_names() -> list[str]:
     return folder_paths.get_filename_list(FOLDER)
 
 
+def lycoris_name_problem(name) -> str | None:
+    """Why `name` cannot be loaded (None when it is listed, or unknown yet: a linked input). For validation:
+    ComfyUI 0.3.75 does not check V3 combo values against their options, so the loader checks them itself."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in lycoris_names():
+        shown = repr(name) if len(repr(name)) <= 200 else repr(name)[:200] + "..."
+        return f"lycoris_name {shown} is not a file in ComfyUI's models/loras folders; pick one from the list"
+    return None
+
+
 def resolve_lycoris_path(name: str) -> str:
     """The absolute path of `name`, which must be listed in the `loras` folders and not resolve outside them."""
-    if name not in lycoris_names():
+    if not isinstance(name, str) or name not in lycoris_names():
         raise LycorisError(f"{name!r} is not a file in ComfyUI's models/loras folders; pick one from the list.")
     path = folder_paths.get_full_path_or_raise(FOLDER, name)
     real = os.path.realpath(path)

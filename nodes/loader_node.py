@@ -6,7 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..lycoris_comfy.apply import MODES, apply_lycoris, strength_problem
 from ..lycoris_comfy.file_cache import file_signature
-from ..lycoris_comfy.paths import lycoris_names, resolve_lycoris_path
+from ..lycoris_comfy.paths import lycoris_name_problem, lycoris_names, resolve_lycoris_path
 from . import ids
 
 
@@ -39,9 +39,10 @@ class LycorisLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength=None):
-        # Named inputs skip ComfyUI's min/max check, and NaN passes it: strength_problem checks both.
-        return strength_problem(strength) or True
+    def validate_inputs(cls, lycoris_name=None, strength=None, mode=None):
+        # ComfyUI 0.3.75 checks neither V3 combo values nor NaN; named inputs also skip its min/max check.
+        bad_mode = None if mode is None or mode in MODES else f"mode must be one of {', '.join(MODES)}, got {mode!r}"
+        return lycoris_name_problem(lycoris_name) or strength_problem(strength) or bad_mode or True
 
     @classmethod
     def fingerprint_inputs(cls, lycoris_name, **kwargs):
