@@ -225,10 +225,12 @@ class Browser:
             await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     async def click_selector(self, selector: str) -> None:
-        """A real mouse click in the middle of the first element matching ``selector``."""
+        """A real mouse click in the middle of the first element matching ``selector`` (its first ``button``
+        when the match is a wrapper, as PrimeVue split buttons are)."""
         box = await self.evaluate(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
-            f" const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+            f"(() => {{ let e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            " if (e.tagName !== 'BUTTON') e = e.querySelector('button') || e;"
+            " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         if not box:
             raise CDPError(f"no element matches {selector!r}")
         await self.click(*box)
