@@ -54,4 +54,30 @@ fi
 mkdir -p "$HOST/base/custom_nodes" "$HOST/base/models/loras" "$HOST/base/models/diffusion_models" \
          "$HOST/base/models/vae" "$HOST/base/models/text_encoders"
 ln -sfn "$REPO" "$HOST/base/custom_nodes/comfyui-lycoris"
+# Optional: Debian's `chromium` + `chromium-driver` for tests/browser (no browser downloads). Only when
+# LYCORIS_BROWSER_TESTS=1 or `scripts/install-host.sh --browser` (CI sets the variable in .ci/run); idempotent
+# (skipped when both are on PATH). Asked for but impossible (no apt-get, not root) is an error.
+install_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    step "browser: $(chromium --version 2>/dev/null | head -n1) (already installed)"
+    return 0
+  fi
+  local sudo=()
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=(sudo -n); else
+      step "browser: cannot install chromium (not root, no passwordless sudo)"; return 1; fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    step "browser: no apt-get here; install Chromium yourself or set LYCORIS_CHROMIUM"; return 1
+  fi
+  local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q)
+  step "browser: apt-get install chromium chromium-driver"
+  "${apt[@]}" install -y --no-install-recommends chromium chromium-driver >&2 \
+    || { "${apt[@]}" update >&2 && "${apt[@]}" install -y --no-install-recommends chromium chromium-driver >&2; }
+}
+WANT_BROWSER="${LYCORIS_BROWSER_TESTS:-0}"
+for arg in "$@"; do [ "$arg" = "--browser" ] && WANT_BROWSER=1; done
+if [ "$WANT_BROWSER" = 1 ]; then
+  install_browser
+fi
 step "ready: python=$PY comfyui=$HOST/ComfyUI"
