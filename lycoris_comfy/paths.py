@@ -17,13 +17,18 @@ def lycoris_names() -> list[str]:
 
 
 def lycoris_name_problem(name) -> str | None:
-    """Why `name` cannot be loaded (None when it is listed, or unknown yet: a linked input). For validation:
-    ComfyUI 0.3.75 does not check V3 combo values against their options, so the loader checks them itself."""
+    """Why `name` cannot be loaded (None when it is fine, or unknown yet: a linked input): not listed in the loras
+    folders, or a link resolving outside them. Opens nothing. For validation: ComfyUI 0.3.75 does not check V3
+    combo values against their options, so the loader checks them itself."""
     if name is None:
         return None
     if not isinstance(name, str) or name not in lycoris_names():
         shown = repr(name) if len(repr(name)) <= 200 else repr(name)[:200] + "..."
         return f"lycoris_name {shown} is not a file in ComfyUI's models/loras folders; pick one from the list"
+    try:
+        resolve_lycoris_path(name)
+    except (LycorisError, OSError) as e:
+        return str(e)
     return None
 
 

@@ -4,10 +4,11 @@
 - every catalogue file (rel_catalogue) in models/loras: the prompt fails in LycorisLoader with the catalogue's
   error text, then a base-model prompt still runs and gives the bit-exact reference latent (the server survived
   and the shared, cached base MODEL was not modified);
-- names that are not in the loras list (``../`` traversal, absolute paths, missing files): ComfyUI's combo
-  validation answers 400 ``value_not_in_list`` and nothing runs;
-- a symlink in the loras folder pointing outside it (a file and a folder): listed by ComfyUI, refused by the pack
-  at run time (loader, info node and the /lycoris/api/info route), and the outside file is never read (its atime);
+- names that are not in the loras list (``../`` traversal, absolute paths, missing files): 400 from the loader's
+  validate_inputs (ComfyUI 0.3.75 does not check V3 combo values itself) and nothing runs;
+- a symlink in the loras folder pointing outside it (a file and a folder): listed by ComfyUI, refused by the
+  loader's validation (400), the info node at run time and the /lycoris/api/info route; the outside file is never
+  read (its atime);
 - strengths NaN/Infinity/huge/non-numbers and T-LoRA parameters out of range: 400 with the node and input named.
 """
 from __future__ import annotations
@@ -230,9 +231,9 @@ def test_symlink_out_of_loras_refused(env, which):
     name = env.link_file if which == "file" else env.link_dir_file
     listed = env.server.object_info("LycorisLoader")["LycorisLoader"]["input"]["required"]["lycoris_name"]
     assert name in json.dumps(listed), "ComfyUI is expected to list the link (it follows links)"
-    err = _exec_error(env, rp.graph([(name, 1.0, "auto")], prefix="bad"))
-    assert err["node_type"] == "LycorisLoader"
-    assert "resolves outside the loras folders" in err["exception_message"] and name in err["exception_message"]
+    errors = _assert_400(env, rp.graph([(name, 1.0, "auto")], prefix="bad"), "10", "lycoris_name")
+    assert any("resolves outside the loras folders" in e["details"] and name in e["details"] for e in errors)
+    # LycorisInfo has no validate_inputs: it refuses at run time
     info = {"1": {"class_type": "LycorisInfo", "inputs": {"lycoris_name": name}}}
     err = _exec_error(env, info)
     assert "resolves outside the loras folders" in err["exception_message"]
