@@ -221,8 +221,12 @@ def slice_weight(patcher, module_path: str, module: torch.nn.Module, bypass_slic
 def _digest_memo(module: torch.nn.Module, weight: torch.Tensor, offset, function) -> tuple[dict, tuple]:
     """Per-module memo of digests, keyed by the weight's storage and version (rehash only when it changed)."""
     memo = module.__dict__.setdefault("_lycoris_tlora_digests", {})
-    key = (offset, getattr(function, "__name__", None), weight.device.type, weight.data_ptr(),
-           getattr(weight, "_version", 0), tuple(weight.shape))
+    try:
+        version = weight._version
+    except RuntimeError:  # inference tensors track no version; ComfyUI keeps the original in patcher.backup
+        version = None
+    key = (offset, getattr(function, "__name__", None), weight.device.type, weight.data_ptr(), version,
+           tuple(weight.shape), weight.dtype)
     return memo, key
 
 
