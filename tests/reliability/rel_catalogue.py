@@ -58,6 +58,7 @@ class Sources:
     lokr: dict
     sd15_locon: dict
     metadata: dict
+    extra: dict = field(default_factory=dict)  # name -> (tensors, metadata): tlora, loha (good files)
 
     def module(self, tensors: dict, suffix: str) -> str:
         """The first module (sorted) having `suffix`."""
@@ -439,7 +440,12 @@ def build_sources(tmp: Path) -> Sources:
     locon_t, meta = read_lycoris_file(locon.path)
     lokr_t, _ = read_lycoris_file(lokr.path)
     sd15_t, _ = read_lycoris_file(sd15.path)
-    return Sources(locon=locon_t, lokr=lokr_t, sd15_locon=sd15_t, metadata=meta)
+    extra = {}
+    for algo, seed in (("tlora", 6), ("loha", 7)):
+        art = make_lycoris(flux, tmp / f"good_{algo}.safetensors", config_for(algo, FAMILY), seed=seed,
+                           weight_std=0.2)
+        extra[algo] = read_lycoris_file(art.path)
+    return Sources(locon=locon_t, lokr=lokr_t, sd15_locon=sd15_t, metadata=meta, extra=extra)
 
 
 def build_catalogue(folder: Path, src: Sources) -> list[Case]:
@@ -455,10 +461,12 @@ def build_catalogue(folder: Path, src: Sources) -> list[Case]:
 
 
 def good_files(folder: Path, src: Sources) -> dict[str, str]:
-    """The two good flux2 files written into ``folder`` (names ``rel_good_locon`` / ``rel_good_lokr``)."""
+    """The good flux2 files written into ``folder``: ``{"locon"|"lokr"|"tlora"|"loha": "rel_good_<algo>...."}``."""
     out = {}
-    for name, tensors in (("locon", src.locon), ("lokr", src.lokr)):
+    files = [("locon", src.locon, src.metadata), ("lokr", src.lokr, src.metadata)]
+    files += [(name, t, meta) for name, (t, meta) in src.extra.items()]
+    for name, tensors, meta in files:
         path = folder / f"{PREFIX}good_{name}.safetensors"
-        _save(path, tensors, src.metadata)
+        _save(path, tensors, meta)
         out[name] = path.name
     return out
