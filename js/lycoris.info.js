@@ -20,7 +20,11 @@ function render(node) {
 async function refresh(node) {
   const s = node.lycoris;
   const name = widget(node, "lycoris_name")?.value;
-  if (!name || name === s.name) return;
+  if (!name) {
+    setLines(s.panel.el, [["no file: put LyCORIS .safetensors files in models/loras and refresh", "lyco-warn"]]);
+    return;
+  }
+  if (name === s.name) return;
   s.name = name;
   s.report = "";
   s.info = null;

@@ -96,7 +96,8 @@ async def scenario(server, tiny_prompt: dict, object_info: dict, shots: Path) ->
         # 1. our scripts loaded and registered
         loaded = await b.wait_for(
             "(() => { const r = performance.getEntriesByType('resource').map(e => e.name)"
-            f".filter(u => u.includes('/extensions/{PACK_FOLDER}/')); return r.length >= {len(OUR_SCRIPTS)} && r; }})()",
+            f".filter(u => u.includes('/extensions/{PACK_FOLDER}/'));"
+            f" return r.length >= {len(OUR_SCRIPTS)} && r; }})()",
             30)
         facts["scripts"] = sorted(u.rsplit("/", 1)[-1] for u in loaded)
         facts["extensions"] = await b.evaluate(

@@ -249,6 +249,9 @@ def validate_ui(workflow: dict, object_info: dict, allow_missing_files: bool = T
                     problems.append(f"{where}: input {name!r} has type {slot.get('type')} but {ctype} takes "
                                     f"{input_type(specs[name][0])}")
         def_outputs = node_def.get("output") or []
+        if len(node.get("outputs") or []) != len(def_outputs):
+            problems.append(f"{where}: {len(node.get('outputs') or [])} outputs, but {ctype} has {len(def_outputs)} "
+                            f"{def_outputs} (a stale workflow? re-save it or re-run workflows/make_examples.py)")
         for i, slot in enumerate(node.get("outputs") or []):
             if i >= len(def_outputs):
                 problems.append(f"{where}: output {i} ({slot.get('name')}) does not exist")
