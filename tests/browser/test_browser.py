@@ -231,16 +231,18 @@ def write_readme_screenshot(src: Path, dst: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def page_server(comfy_server):
-    """The session server, with tiny LyCORIS files under the templates' real names and quiet page settings."""
+def page_server(comfy_server_factory):
+    """A server of its own (its loras folder and page settings change), with tiny LyCORIS files under the
+    templates' real names and quiet page settings (no tutorial, no minimap)."""
+    server = comfy_server_factory("browser_server", extra_args=["--disable-api-nodes"])
     demo = load_demo()
-    loras = comfy_server.models_dir / "loras"
+    loras = server.models_dir / "loras"
     make = demo.adapter_maker(loras, host)
     for family, real in REAL_FILES:
         shutil.copyfile(loras / make(family, real), loras / real)
-    status, _ = comfy_server.post("/settings", SETTINGS)
+    status, _ = server.post("/settings", SETTINGS)
     assert status == 200
-    return comfy_server
+    return server
 
 
 def test_page_loads_workflows_render_and_run(page_server, artifacts_dir):
