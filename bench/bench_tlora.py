@@ -185,7 +185,11 @@ def profile_call(torch, device, fn) -> dict:
         name = ev.name
         if name in syncs:
             syncs[name] += 1
-            frames = [f for f in (ev.stack or []) if "torch/" not in f and "<built-in" not in f][:2]
+            frames, par = [], ev.cpu_parent
+            while par is not None and len(frames) < 2:  # python frames recorded by with_stack
+                if ".py(" in par.name and "torch/" not in par.name:
+                    frames.append(par.name)
+                par = par.cpu_parent
             key = " <- ".join(frames) or "?"
             sources[key] = sources.get(key, 0) + 1
         elif name in cuda_sync:
@@ -194,18 +198,19 @@ def profile_call(torch, device, fn) -> dict:
             cuda_sync["HtoD"] += 1
         elif "DtoH" in name:
             cuda_sync["DtoH"] += 1
-        if name == "[memory]":
-            cpu_b = getattr(ev, "cpu_memory_usage", 0) or 0
-            dev_b = getattr(ev, "device_memory_usage", None)
+        if name != "[memory]":
+            # allocations are attributed to the op that made them (its own, not its children's)
+            cpu_b = getattr(ev, "self_cpu_memory_usage", 0) or 0
+            dev_b = getattr(ev, "self_device_memory_usage", None)
             if dev_b is None:
-                dev_b = getattr(ev, "cuda_memory_usage", 0) or 0
+                dev_b = getattr(ev, "self_cuda_memory_usage", 0) or 0
             if cpu_b > 0:
                 allocs["cpu_allocs"] += 1
                 allocs["cpu_bytes"] += cpu_b
             if dev_b > 0:
                 allocs["device_allocs"] += 1
                 allocs["device_bytes"] += dev_b
-        elif name.startswith("aten::"):
+        if name.startswith("aten::"):
             allocs["ops"] += 1
     out = {"host_syncs": sum(syncs.values()), **syncs, **allocs, "sync_sources": sources}
     if device.type == "cuda":
