@@ -2,10 +2,14 @@
 """T-LoRA in ComfyUI: SimpleTuner's per-timestep rank mask, written at every model call, read by the hooks.
 
 A keyed APPLY_MODEL wrapper sees sigma and the model's `model_sampling`; it turns sigma into SimpleTuner's
-timestep (1000·sigma for flow models, the discrete index for eps/v models) and writes the rank mask in place into
-one preallocated buffer per (device, dtype) of its schedule, with tensor ops only (no `.item()`, no host copy).
-Every T-LoRA module of the model reads that buffer in its bypass hook. Cond and uncond share one batched call,
-hence one sigma and one mask.
+timestep (int(1000·sigma) for flow models, the discrete index for eps/v models; reference §4.5) and writes the rank
+mask in place into its schedule's preallocated buffer (one per device and dtype the hooks use, normally one: the
+model's compute dtype), with tensor ops only (no `.item()`, no host copy). Every T-LoRA module of the model reads
+that buffer in its bypass hook. Cond and uncond share one batched call, hence one sigma and one mask. Each load
+has its own schedule (its own wrapper key and buffer), so two T-LoRA models in one graph never share a mask.
+
+`install` also registers the ON_PRE_RUN callback of `tlora_base_cache` that prepares the SVD bases (unpatched
+weight, cached on disk) before the first step. `schedule_table` / `render_schedule_image` draw the rank per step.
 """
 from __future__ import annotations
 
