@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import comfy.utils
 
 from ..lycoris_core.adapters.base import Adapter
+from ..lycoris_core.adapters.registry import check_target
 from ..lycoris_core.errors import LycorisError, NoMatchingKeysError, ShapeMismatchError
 from ..lycoris_core.safetensors_file import read_header
 from ..lycoris_core.tlora_schedule import tlora_params_from_config
@@ -176,7 +177,7 @@ def _check_shapes(placed: dict, model, label: str) -> None:
         if target.offset is not None:
             dim, _, length = target.offset
             shape = shape[:dim] + (length,) + shape[dim + 1:]
-        adapter.check_target(shape, f"{label}: module {name} -> {target.key}")
+        check_target(adapter, shape, f"{label}: module {name} -> {target.key}")
 
 
 def resolve_mode(mode: str, placed: dict, model) -> str:

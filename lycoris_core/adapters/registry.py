@@ -5,8 +5,8 @@ Keys are `<module>.<suffix>`; the module is the part before the FIRST '.', the s
 (`lora_up.weight`). Detection follows lycoris-lora's `MODULE_LIST` order (reference §3.3): the first algorithm
 with any of its detection keys wins. DyLoRA files have LoCon's keys and load as "locon".
 
-Files come from the internet, so every module is also checked before use: floating-point tensors only (`alpha`
-may be any number), finite values only (NaN/Inf are refused with the module names: one NaN turns the whole image
+Files come from the internet, so every module is also checked before use: non-empty floating-point tensors
+only (`alpha` may be any number), finite values only (NaN/Inf are refused with the module names: one NaN turns the whole image
 black), and an adapter whose tensors do not fit together raises AdapterFormatError, never another exception.
 """
 from __future__ import annotations
@@ -94,12 +94,16 @@ def _finite(t: torch.Tensor) -> bool:
 
 
 def _check_values(groups: dict[str, dict[str, torch.Tensor]], source: str) -> None:
-    """Refuse integer/bool adapter tensors and NaN/Inf values, naming the modules and tensors."""
+    """Refuse empty and integer/bool adapter tensors and NaN/Inf values, naming the modules and tensors."""
     for name, group in groups.items():
         for suffix, t in group.items():
             if not isinstance(t, torch.Tensor):
                 raise AdapterFormatError(f"{source}: module '{name}', tensor '{suffix}' is not a tensor "
                                          f"({type(t).__name__}). Fix: re-export the file from the trainer.")
+            if t.numel() == 0:
+                raise AdapterFormatError(
+                    f"{source}: module '{name}', tensor '{suffix}' is empty (shape {tuple(t.shape)}). Fix: the file "
+                    f"is damaged or was written by an incompatible tool; re-export it from the trainer.")
             if suffix != "alpha" and not t.is_floating_point():
                 raise AdapterFormatError(
                     f"{source}: module '{name}', tensor '{suffix}' has dtype {str(t.dtype).replace('torch.', '')}; "
@@ -116,11 +120,49 @@ def _check_values(groups: dict[str, dict[str, torch.Tensor]], source: str) -> No
             f"dtype; use an earlier checkpoint, or re-save it in fp32/bf16.")
 
 
+def _check_structure(adapter: Adapter) -> None:
+    """Shape rules the adapter classes do not check themselves (found by fuzzing; raise before any maths runs)."""
+    if adapter.algo == "lokr":
+        for key in ("lokr_w2_a", "lokr_w2_b"):
+            t = adapter.tensors.get(key)
+            if t is not None and t.dim() != 2:  # LyCORIS writes them 2-D (conv kernels live in lokr_t2/w2_b cols)
+                raise adapter.format_error(key, f"shape {tuple(t.shape)} is not 2-D")
+    if adapter.algo == "boft":
+        stages, n = adapter.tensors["oft_blocks"].shape[:2]
+        if stages < 1 or n % (2 ** (stages - 1)):
+            raise adapter.format_error(
+                "oft_blocks", f"shape {tuple(adapter.tensors['oft_blocks'].shape)}: {stages} butterfly stages need "
+                f"the block count ({n}) to be a multiple of {2 ** max(stages - 1, 0)}")
+
+
+def check_target(adapter: Adapter, weight_shape, where: str) -> None:
+    """`adapter.check_target` plus the DoRA magnitude's length against the target's axis, with any non-LycorisError
+    (an odd shape the adapter's check trips on) turned into a ShapeMismatchError: what the binding calls."""
+    weight_shape = tuple(weight_shape)
+    try:
+        adapter.check_target(weight_shape, where)
+    except LycorisError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise adapter.shape_error(where, adapter.shape_key(), adapter.expected_weight_shape() or "?",
+                                  weight_shape) from e
+    g = adapter.dora_scale
+    if g is not None and len(weight_shape) >= 2:
+        axis = adapter.dora_axis
+        n = weight_shape[0] if axis == "output" else weight_shape[1]
+        if g.numel() != n:
+            raise adapter.format_error(
+                "dora_scale", f"holds {g.numel()} values (shape {tuple(g.shape)}) but the {axis} axis of {where} "
+                f"{tuple(weight_shape)} has {n}")
+
+
 def _build(cls: type[Adapter], name: str, group: dict, source: str, algo: str, **kwargs) -> Adapter:
     """cls(name, group, source) with any non-LycorisError (a shape the adapter maths cannot use) turned into an
     AdapterFormatError naming the module and its tensor shapes."""
     try:
-        return cls(name, group, source, **kwargs)
+        adapter = cls(name, group, source, **kwargs)
+        _check_structure(adapter)
+        return adapter
     except LycorisError:
         raise
     except Exception as e:  # noqa: BLE001 - hostile files must only produce our errors
