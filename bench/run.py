@@ -9,8 +9,8 @@ ours (merged, bypass, T-LoRA) side by side with ComfyUI's built-in LoraLoaderMod
 What it does
 - builds mid-size synthetic models programmatically (the approach of tests/lyco_testkit/twins.py, bigger configs):
   a Flux-2-shaped ComfyUI model (``comfy.supported_models.Flux2``) and its diffusers twin
-  (``Flux2Transformer2DModel``, same weights), and an SDXL-shaped one (one UNet level at 1280 channels with
-  64-channel heads and a 2048-wide context: SDXL's inner attention);
+  (``Flux2Transformer2DModel``, same weights), and an SDXL-shaped one (``comfy.supported_models.SDXL`` /
+  ``UNet2DConditionModel`` with one level of SDXL's attention: 64-channel heads, 2048-wide context);
 - makes LyCORIS files with lycoris-lora exactly as SimpleTuner does (``lyco_testkit.lycoris_files.make_lycoris``,
   bf16, cached under bench/results/cache): LoRA r16/r64, LoKr factor 4/16 full matrix and decomposed, LoHa,
   DoRA, T-LoRA r64 (Flux 2; SDXL: LoRA r64 and LoKr f16);
@@ -62,12 +62,14 @@ S1, S2 = 1.0, 0.6  # load strength, then the strength-change target
 # ------------------------------------------------------------------------------------------------ sizes
 SIZES = {
     # Flux 2: hidden = heads * head_dim, axes sum = head_dim; img tokens = H*W (patch 1), txt padded to 512 by
-    # comfy.model_base.Flux2. SDXL: one UNet level at 320*4 = 1280 channels (SDXL's inner level), 64-ch heads.
+    # comfy.model_base.Flux2. SDXL: one UNet level of SDXL's attention shape (640 channels = 10 heads of 64 on CPU,
+    # SDXL's middle level; 1280 = 20 heads, its inner level, on GPU), 2048-wide context, `tdepth` transformer
+    # blocks per resblock (SDXL: 2 and 10).
     "cpu": dict(flux2=dict(hidden=1024, heads=8, depth=1, depth_single=1, ctx=512, hw=(16, 16)),
-                sdxl=dict(model_channels=320, mult=4, tdepth=1, ctx=2048, hw=(8, 8)), steps=4),
+                sdxl=dict(model_channels=640, mult=1, tdepth=2, ctx=2048, hw=(8, 8)), steps=4),
     "quick": dict(flux2=dict(hidden=128, heads=2, depth=1, depth_single=1, ctx=64, hw=(4, 4)),
                   sdxl=dict(model_channels=32, mult=2, tdepth=1, ctx=64, hw=(8, 8)), steps=2),
-    "gpu": dict(flux2=dict(hidden=3072, heads=24, depth=2, depth_single=4, ctx=2048, hw=(64, 64)),
+    "gpu": dict(flux2=dict(hidden=3072, heads=24, depth=1, depth_single=2, ctx=2048, hw=(32, 32)),
                 sdxl=dict(model_channels=320, mult=4, tdepth=4, ctx=2048, hw=(32, 32)), steps=6),
 }
 
@@ -528,7 +530,8 @@ def measure_comfy(env: Env, clock: Clock, mem: Memory, b: Bench, v: Variant, gpu
     stamps = timed_sample(env, clock, patched, b, b.sigmas, on_first=after_first, per_step=per_step)
     d = v.data
     d["load_s"].append(marks["first_wall"] - w0)
-    d["step_s"] += [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
+    steps = [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
+    d["step_s"] += steps[1:] if per_step is not None else steps  # the profiled step is not timed
     d["mem_load_mb"].append(marks.get("first_mem"))
     d["mem_step_mb"].append(mem.peak() + mem.base - start)  # peak during the steps, above the pre-load level
     if per_step is not None:
@@ -716,7 +719,10 @@ def theory(env: Env, b: Bench, r: Recipe) -> dict:
         d_out = target.offset[2] if target.offset is not None else weight.shape[0]
         d_in = weight.shape[1]
         total += adapter_flops(adapter, b.tokens.get(path, 0), d_in, d_out, r_active)
-        adapter_bytes += sum(v.numel() for v in adapter.tensors.values()) * tl.finfo(env.dtype).bits // 8
+        numel = sum(v.numel() for v in adapter.tensors.values())
+        if adapter.algo == "tlora" and not adapter.has_stored_base:
+            numel *= 2  # the frozen SVD base (P0, Q0, λ0) is part of the adapter, the same size as P, Q, λ
+        adapter_bytes += numel * tl.finfo(env.dtype).bits // 8
     largest = max(n * env.comfy_utils.get_attr(b.patcher.model, k + ".weight").shape[0]
                   for k, n in b.tokens.items()) * tl.finfo(env.dtype).bits // 8
     return {"theory_overhead": total / b.base_flops, "adapter_mb": adapter_bytes / 2**20,
