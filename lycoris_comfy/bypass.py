@@ -71,6 +71,9 @@ class _ModuleHook:
         x = args[0]
         strength = self.owner.strength
         schedule = self.owner.schedule
+        # The layer's output is ours to update in place (fused adapter paths write into it: no output-sized
+        # temporaries) unless autograd records this forward.
+        inplace = not (torch.is_grad_enabled() and output.requires_grad)
         for s, spec, perm, inverse in self.entries:
             adapter = s.on(output.device, output.dtype)
             if adapter.algo == "tlora":
@@ -81,9 +84,11 @@ class _ModuleHook:
                 y = output.narrow(self.channel_dim, s.offset[1], s.offset[2])
             if perm is not None:
                 y = y.index_select(self.channel_dim, inverse.to(y.device))
-            new = adapter.bypass(x, y, strength, spec)
+            new = (adapter.bypass_ if inplace else adapter.bypass)(x, y, strength, spec)
             if perm is not None:
                 new = new.index_select(self.channel_dim, perm.to(new.device))
+            elif new is y:  # written in place into the output (or its row slice)
+                continue
             if s.offset is None:
                 output = new
             else:

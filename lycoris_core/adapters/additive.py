@@ -29,6 +29,15 @@ class AdditiveAdapter(Adapter):
     #: True when ΔW depends on the base weight (GLoRA, T-LoRA without stored base).
     needs_weight_for_delta = False
 
+    def fuses(self, layer: LayerSpec) -> bool:
+        """True when `add_delta_` has a fused in-place path for this layer (linear layers, per algorithm)."""
+        return False
+
+    def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff: Multiplier, layer: LayerSpec) -> torch.Tensor:
+        """y += coeff·ΔW_s·x in place (only when `fuses(layer)`): the multiplier is folded into a small factor and
+        the last product accumulates straight into y (addmm/baddbmm), so no output-sized temporary is made."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ merged
     def merged_weight(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:
         """W + m·ΔW_s, or the DoRA form (W + ΔW_s)·(m·(g/N − 1) + 1); same shape/dtype as `weight`."""
@@ -50,6 +59,27 @@ class AdditiveAdapter(Adapter):
         self._cache[key] = (layer, n)
         return n
 
+    def bypass_(self, x: torch.Tensor, y: torch.Tensor, multiplier: Multiplier, layer: LayerSpec) -> torch.Tensor:
+        """In-place `bypass` (see Adapter.bypass_) where `fuses(layer)`: y += m·ΔW_s·x, or for output-axis DoRA
+        y = (y − b + ΔW_s·x)·factor + b, all written into y."""
+        if not self.fuses(layer):
+            return self.bypass(x, y, multiplier, layer)
+        g = self.dora_scale
+        if g is None:
+            return self.add_delta_(x, y, multiplier, layer)
+        if self.dora_axis != OUTPUT:
+            return self.bypass(x, y, multiplier, layer)
+        norm = self._dora_norm(layer, x)
+        factor = dora_factor(g.to(device=x.device, dtype=torch.float32), norm, multiplier).to(y.dtype).reshape(-1)
+        bias = layer_bias(layer, y)
+        if bias is not None:
+            y.sub_(bias)
+        self.add_delta_(x, y, 1.0, layer)
+        y.mul_(factor)
+        if bias is not None:
+            y.add_(bias)
+        return y
+
     def bypass(self, x: torch.Tensor, y: torch.Tensor, multiplier: Multiplier, layer: LayerSpec) -> torch.Tensor:
         """y + m·ΔW_s·x, or, with DoRA, op(x, W', b) computed from y (output axis) or from W (input axis)."""
         g = self.dora_scale
@@ -70,6 +100,14 @@ class AdditiveAdapter(Adapter):
         xs = x * channel_view(c, layer, x.dim())
         w = layer_weight(layer, x, self._where())
         return layer_op(layer, xs, w, bias) + self.delta_act(xs, layer)
+
+
+def rows_view(t: torch.Tensor) -> torch.Tensor | None:
+    """`t` (..., n) viewed as (M, n) without a copy (also for a row slice of a wider output), or None."""
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return None
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:

@@ -221,6 +221,12 @@ class Adapter:
         """The layer's new output given input `x` and base output `y` (bias included); equals op(x, W', b')."""
         raise NotImplementedError
 
+    def bypass_(self, x: torch.Tensor, y: torch.Tensor, multiplier: Multiplier, layer: LayerSpec) -> torch.Tensor:
+        """`bypass`, but allowed to write the result into `y` in place (no output-sized temporaries) and return
+        `y`. Only for a `y` the caller owns and no autograd graph needs (a fresh layer output or a view of it).
+        Algorithms without a fused path return `bypass(...)` (a new tensor, `y` untouched)."""
+        return self.bypass(x, y, multiplier, layer)
+
     # ---------------------------------------------------------------- tensors
     def t(self, key: str, like: torch.Tensor) -> torch.Tensor | None:
         """Tensor `key` on `like`'s device and dtype (None when absent)."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layer import LayerSpec
-from .additive import AdditiveAdapter
+from .additive import AdditiveAdapter, rows_view
 from .base import conv_fn, conv_groups, geometry, layer_op, lora_scale, read_alpha
 
 
@@ -78,6 +78,24 @@ class LoConAdapter(AdditiveAdapter):
         else:
             dw = torch.einsum("ij...,oi,jc->oc...", mid, up2, down.reshape(r, -1))
         return dw * self.scale
+
+    def fuses(self, layer: LayerSpec) -> bool:
+        """Linear layers: y += (m·s·down(x))·upᵀ in one addmm."""
+        return layer.kind == "linear" and "lora_mid.weight" not in self.tensors
+
+    def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
+        """y += coeff·s·up(down(x)) in place: the coefficient scales the (tokens, r) hidden, addmm accumulates."""
+        up, down = self.t("lora_up.weight", x), self.t("lora_down.weight", x)
+        r = down.shape[0]
+        h = F.linear(x, down.reshape(r, -1))
+        c = coeff * self.scale
+        if not (isinstance(c, float) and c == 1.0):
+            h.mul_(c)
+        y2 = rows_view(y)
+        if y2 is None:
+            return y.add_(F.linear(h, up.reshape(up.shape[0], r)))
+        y2.addmm_(h.reshape(-1, r), up.reshape(up.shape[0], r).t())
+        return y
 
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
         """s·up(down(x)) with the layer's geometry; grouped convs go through op(x, ΔW_s)."""

@@ -8,8 +8,10 @@ Hadamard product does not factor through activations, so bypass builds ΔW_s and
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .additive import AdditiveAdapter
+from ..layer import LayerSpec
+from .additive import AdditiveAdapter, rows_view
 from .base import lora_scale, read_alpha
 
 
@@ -53,6 +55,22 @@ class LoHaAdapter(AdditiveAdapter):
 
     def shape_key(self):
         return "hada_w1_a"
+
+    def fuses(self, layer: LayerSpec) -> bool:
+        """Linear layers (plain form): ΔW built once per call, then y += x·(m·ΔW_s)ᵀ in one addmm."""
+        return layer.kind == "linear" and not self.tucker
+
+    def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
+        """y += coeff·x·ΔW_sᵀ in place (ΔW_s = s·(w1a·w1b)⊙(w2a·w2b), built in x's dtype; the coefficient is
+        folded into it)."""
+        w1a, w1b, w2a, w2b = (self.t(k, x) for k in self.REQUIRED)
+        dw = w1a @ w1b.reshape(w1b.shape[0], -1)
+        dw.mul_(w2a @ w2b.reshape(w2b.shape[0], -1)).mul_(coeff * self.scale)
+        y2 = rows_view(y)
+        if y2 is None:
+            return y.add_(F.linear(x, dw))
+        y2.addmm_(x.reshape(-1, x.shape[-1]), dw.t())
+        return y
 
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """s·T1 ⊙ T2 on `weight`'s device/dtype (s applied once)."""

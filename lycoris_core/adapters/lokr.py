@@ -124,6 +124,30 @@ class LoKrAdapter(AdditiveAdapter):
         w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - 2)))
         return torch.kron(w1, w2.contiguous()) * self.scale
 
+    def fuses(self, layer: LayerSpec) -> bool:
+        """Linear layers: the Kronecker identity, the last product accumulated into y (baddbmm)."""
+        return layer.kind == "linear"
+
+    def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
+        """y += coeff·s·vec(W1·X·W2ᵀ) in place: H = X·W2ᵀ (tokens, c, b) in one GEMM, then y viewed (tokens, a, b)
+        gets (coeff·s·W1)·H by a batched GEMM with a broadcast (stride-0) W1; no ΔW, no output-sized temporary."""
+        w1 = self._w1(x)
+        a, c = w1.shape
+        b = y.shape[-1] // a
+        h = x.reshape(-1, c, x.shape[-1] // c)  # (M, c, d)
+        if self.w2_full:
+            h = h @ self.t("lokr_w2", x).reshape(b, -1).transpose(0, 1)  # (M, c, b)
+        else:
+            h = (h @ self.t("lokr_w2_b", x).transpose(0, 1)) @ self.t("lokr_w2_a", x).transpose(0, 1)
+        w1 = w1 * (coeff * self.scale)
+        m = h.shape[0]
+        try:
+            y3 = y.view(m, a, b)
+        except RuntimeError:
+            return y.add_(torch.matmul(w1, h).reshape(y.shape))
+        y3.baddbmm_(w1.expand(m, a, c), h)
+        return y
+
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
         """Linear: s·vec(W1·X·W2ᵀ) with X = x viewed (..., c, d), no ΔW built; conv: op(x, ΔW_s)."""
         if layer.kind != "linear":

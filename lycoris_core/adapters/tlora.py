@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import ShapeMismatchError
 from ..layer import LayerSpec
-from .additive import AdditiveAdapter
+from .additive import AdditiveAdapter, rows_view
 from .base import conv_fn, conv_groups, geometry, layer_weight, lora_scale, read_alpha
 
 _BASE_KEYS = ("base_q.weight", "base_p.weight", "base_lambda")
@@ -262,6 +262,41 @@ class TLoRAAdapter(AdditiveAdapter):
         if len(shape) > 2 and math.prod(shape[2:]) != 1:
             raise ShapeMismatchError(f"{self._where()}: T-LoRA supports only Linear and 1x1 convolutions "
                                      f"(target weight {tuple(shape)}); retrain T-LoRA on Linear layers only")
+
+    def fuses(self, layer: LayerSpec) -> bool:
+        """Linear layers: the rank-2r LoRA accumulated into y (addmm), sliced to the active ranks on CPU."""
+        return layer.kind == "linear"
+
+    def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
+        """y += coeff·s·[P((Qx)⊙λμ) − P0((Q0x)⊙λ0μ)] in place.
+
+        On CPU (where reading the mask costs no device sync) only the ranks up to the last active one are
+        computed, in both paths: the cost follows r_active instead of r. Elsewhere the whole rank-2r product runs
+        with the mask multiplied in (no host read). A per-sample (B, R) mask goes through `delta_act`."""
+        down, up, lam2 = self._factors(x, lambda: layer_weight(layer, x.new_empty((), dtype=torch.float32),
+                                                                self._where()))
+        lam_eff = self._lam_eff(lam2, x)
+        y2 = rows_view(y)
+        if lam_eff.dim() != 1 or y2 is None:
+            return y.add_(self.delta_act(x, layer).mul_(coeff))
+        if not (isinstance(coeff, float) and coeff == 1.0):
+            lam_eff = lam_eff * coeff
+        x2 = x.reshape(-1, x.shape[-1])
+        r = self.rank
+        k = r
+        mask = self.mask
+        if mask is not None and mask.dim() == 1 and x.device.type == "cpu" and mask.device.type == "cpu":
+            on = torch.nonzero(self._mask_vec(x))  # ranks past the last active one contribute exactly 0
+            k = int(on[-1]) + 1 if on.numel() else 0
+        if k == r:
+            y2.addmm_(F.linear(x2, down).mul_(lam_eff), up.t())
+            return y
+        if k == 0:
+            return y
+        for lo in (0, r):  # current path, then the frozen base path, each sliced to ranks [0, k)
+            h = F.linear(x2, down[lo:lo + k]).mul_(lam_eff[lo:lo + k])
+            y2.addmm_(h, up[:, lo:lo + k].t())
+        return y
 
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
         """s·[P((Qx)⊙λμ) − P0((Q0x)⊙λ0μ)] as one rank-2r LoRA (no bias)."""
