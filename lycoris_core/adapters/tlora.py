@@ -11,9 +11,12 @@ and read at every call; it is shared by every `to()` copy. None means all ranks.
 rank is truncated, a shorter one padded with ones (4.1.3 `_get_mask`). A (B, R) mask gives per-sample masks in
 bypass (broadcast as (B, 1, ..., r), which 4.1.3 gets wrong, §4.6).
 
-Bypass is a rank-2r LoRA: down [Q; Q0], per-rank diagonal [λ⊙μ; −λ0⊙μ], up [P | P0], built once per
-(device, dtype) and cached on the instance; the SVD is computed once per adapter (and its copies). Convs with a
-kernel larger than 1 are rejected (4.1.3 is inconsistent there, §4.3).
+Bypass is a rank-2r LoRA: down [Q; Q0], per-rank diagonal s·[λ⊙μ; −λ0⊙μ] (scale folded in), up [P | P0], built
+once per (device, dtype, base token) and cached on the instance. The SVD base is shared by every `to()` copy; a
+host may set it with `prepare_base(weight or svd, token=hash of the weight)` so one parsed file loaded on two
+models gets each model's base. `tlora_svd_base` is exact: fp32 `torch.linalg.svd` for small matrices, else the
+float64 eigendecomposition of the smaller Gram matrix (several times faster on CPU, more accurate than fp32 SVD).
+Convs with a kernel larger than 1 are rejected (4.1.3 is inconsistent there, §4.3).
 """
 from __future__ import annotations
 
@@ -92,6 +95,10 @@ class TLoRAAdapter(AdditiveAdapter):
     algo = "tlora"
     REQUIRED = ("q_layer.weight", "p_layer.weight", "lambda_layer")
     OPTIONAL = ("alpha",) + _BASE_KEYS
+    #: On CPU, `add_delta_` reads the mask on the host (no device sync there) to skip the inactive ranks. Off, every
+    #: device takes the sync-free path (full rank-2r product, mask multiplied in): tests switch it off to check that
+    #: path on CPU.
+    host_rank_slicing = True
 
     @classmethod
     def key_problems(cls, keys):
@@ -285,7 +292,8 @@ class TLoRAAdapter(AdditiveAdapter):
         r = self.rank
         k = r
         mask = self.mask
-        if mask is not None and mask.dim() == 1 and x.device.type == "cpu" and mask.device.type == "cpu":
+        if (self.host_rank_slicing and mask is not None and mask.dim() == 1 and x.device.type == "cpu"
+                and mask.device.type == "cpu"):
             on = torch.nonzero(self._mask_vec(x))  # ranks past the last active one contribute exactly 0
             k = int(on[-1]) + 1 if on.numel() else 0
         if k == r:
