@@ -9,8 +9,10 @@ allocations per step counted with the torch profiler.
 
 Variants (all through ComfyUI's real sampling stack: CFGGuider -> wrappers -> BaseModel.apply_model ->
 forward hooks): ``base`` (no adapter), ``lora`` (LyCORIS LoCon rank r, bypass), ``tlora`` (LyCORIS T-LoRA rank
-r, bypass, the loader's default schedule: mask on), ``tlora_off`` (the same with the wrapper node's enabled=False:
-no wrapper, all ranks). Files are made with lycoris-lora exactly as SimpleTuner does (``make_lycoris``), cached in
+r, bypass, the loader's default schedule: mask on; on CPU the adapter skips the inactive ranks after reading the
+mask on the host), ``tlora_dense`` (the same with ``TLoRAAdapter.host_rank_slicing`` off: the sync-free path every
+GPU takes, full rank-2r product with the mask multiplied in), ``tlora_off`` (the wrapper node's enabled=False: no
+wrapper, all ranks). Files are made with lycoris-lora exactly as SimpleTuner does (``make_lycoris``), cached in
 bench/results/cache/tlora.
 
 Per variant, in rounds that alternate the variants (rotated order): the median time of one model call ("step";
@@ -50,7 +52,7 @@ SIZES = {
                 rounds=3),
 }
 TARGETS = ["Flux2Attention", "Flux2FeedForward", "Flux2ParallelSelfAttention"]
-VARIANTS = ("base", "lora", "tlora", "tlora_off")
+VARIANTS = ("base", "lora", "tlora", "tlora_dense", "tlora_off")
 
 
 def _setup_imports():
@@ -233,6 +235,12 @@ def patched_variant(pack, patcher, files, name, dtype_note=None):
     return p
 
 
+def set_slicing(pack, name):
+    """`tlora_dense` runs with TLoRAAdapter.host_rank_slicing off, every other variant with it on."""
+    cls = importlib.import_module(f"{pack.__name__}.lycoris_core.adapters.tlora").TLoRAAdapter
+    cls.host_rank_slicing = name != "tlora_dense"
+
+
 def run_variant(torch, patched, x, positive, sigmas, device, profile_index=None):
     import comfy.samplers
 
@@ -293,6 +301,7 @@ def main(argv=None) -> int:
     bc = importlib.import_module(f"{pack.__name__}.lycoris_comfy.tlora_base_cache")
     warm = {}
     for name, p in variants.items():  # warm-up: load, SVD bases (first time), factor caches, mask buffers
+        set_slicing(pack, name)
         t0 = time.perf_counter()
         run_variant(torch, p, x, positive, sigmas[:1], device)
         warm[name] = time.perf_counter() - t0
@@ -304,6 +313,7 @@ def main(argv=None) -> int:
     order = list(VARIANTS)
     for r in range(sz["rounds"]):
         for name in order:
+            set_slicing(pack, name)
             timer, _ = run_variant(torch, variants[name], x, positive, sigmas, device)
             times[name].extend(timer.times[1:])  # the first call of each sample() also loads/prepares
         order = order[1:] + order[:1]
@@ -311,22 +321,32 @@ def main(argv=None) -> int:
                                                            for n in VARIANTS))
     prof = {}
     for name in VARIANTS:
+        set_slicing(pack, name)
         timer, _ = run_variant(torch, variants[name], x, positive, sigmas[:3], device, profile_index=2)
         prof[name] = timer.profiled
     med = {n: statistics.median(v) for n, v in times.items()}
     ratios = {
         "tlora_over_lora_step": med["tlora"] / med["lora"],
+        "tlora_dense_over_lora_step": med["tlora_dense"] / med["lora"],
+        "tlora_dense_adapter_cost_over_lora_adapter_cost": ((med["tlora_dense"] - med["base"])
+                                                             / (med["lora"] - med["base"])
+                                                             if med["lora"] > med["base"] else None),
         "tlora_off_over_lora_step": med["tlora_off"] / med["lora"],
         "tlora_over_base_step": med["tlora"] / med["base"],
         "lora_over_base_step": med["lora"] / med["base"],
         "tlora_adapter_cost_over_lora_adapter_cost": ((med["tlora"] - med["base"]) / (med["lora"] - med["base"])
                                                        if med["lora"] > med["base"] else None),
-        "mask_cost_ms": (med["tlora"] - med["tlora_off"]) * 1e3,
+        "mask_cost_ms": (med["tlora_dense"] - med["tlora_off"]) * 1e3,
         "extra_host_syncs_tlora_vs_lora": prof["tlora"]["host_syncs"] - prof["lora"]["host_syncs"],
+        "extra_host_syncs_tlora_dense_vs_base": prof["tlora_dense"]["host_syncs"] - prof["base"]["host_syncs"],
         "extra_host_syncs_tlora_vs_base": prof["tlora"]["host_syncs"] - prof["base"]["host_syncs"],
         "extra_allocs_tlora_vs_lora": (prof["tlora"]["cpu_allocs"] + prof["tlora"]["device_allocs"])
         - (prof["lora"]["cpu_allocs"] + prof["lora"]["device_allocs"]),
-        "extra_allocs_tlora_vs_tlora_off": (prof["tlora"]["cpu_allocs"] + prof["tlora"]["device_allocs"])
+        "extra_allocs_tlora_dense_vs_lora": (prof["tlora_dense"]["cpu_allocs"]
+                                             + prof["tlora_dense"]["device_allocs"])
+        - (prof["lora"]["cpu_allocs"] + prof["lora"]["device_allocs"]),
+        "extra_allocs_tlora_dense_vs_tlora_off": (prof["tlora_dense"]["cpu_allocs"]
+                                                  + prof["tlora_dense"]["device_allocs"])
         - (prof["tlora_off"]["cpu_allocs"] + prof["tlora_off"]["device_allocs"]),
     }
     n_modules = sum(1 for r in variants["tlora"].attachments["lycoris"] for _ in r.adapters)
@@ -342,7 +362,9 @@ def main(argv=None) -> int:
         mib = (p["cpu_bytes"] + p["device_bytes"]) / 2**20
         extra = ""
         if dev_col:
-            extra = f" {p['cudaStreamSynchronize'] + p['cudaDeviceSynchronize'] + p['DtoH'] + p['sync_debug_warnings']:10d}"
+            dev_syncs = (p["cudaStreamSynchronize"] + p["cudaDeviceSynchronize"] + p["DtoH"]
+                         + p["sync_debug_warnings"])
+            extra = f" {dev_syncs:10d}"
         print(f"{n:10s} {med[n] * 1e3:15.2f} {p['host_syncs']:11d}{extra} {allocs:8d} {mib:10.1f} {p['ops']:9d}")
     print("host reads = aten::item/_local_scalar_dense/is_nonzero in one model call (on CPU a read, not a device "
           "sync; on CUDA each is a sync)" + ("; dev syncs = stream/device syncs + DtoH copies + sync-debug warnings"

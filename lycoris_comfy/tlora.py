@@ -83,7 +83,8 @@ class TLoraSchedule:
         """Register this schedule's APPLY_MODEL wrapper on `patcher` (a clone owned by the caller), and the
         ON_PRE_RUN callback that prepares the T-LoRA SVD bases before sampling (once per patcher)."""
         self.uninstall(patcher)
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.key, self.apply_model_wrapper)
+        kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+        patcher.add_wrapper_with_key(kind, self.key, self.apply_model_wrapper)
         install_base_preparation(patcher)
 
     def uninstall(self, patcher) -> None:

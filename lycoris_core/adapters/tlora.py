@@ -37,7 +37,8 @@ _BASE_KEYS = ("base_q.weight", "base_p.weight", "base_lambda")
 GRAM_MIN_DIM = 128
 
 
-def tlora_svd_base(weight: torch.Tensor, r: int, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tlora_svd_base(weight: torch.Tensor, r: int,
+                   method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-r SVD of `weight` (out, in[, 1...]): P0 (out, r), Q0 (r, in), λ0 (r,), fp32, on weight's device.
 
     Ranks beyond min(out, in) are zero vectors with λ0 = 1e-6, as LyCORIS pads them. `method`:
