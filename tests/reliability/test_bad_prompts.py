@@ -105,6 +105,8 @@ def env(comfy_server, rel_sources):
     for name in ("rel_linkdir", link_file):
         if (loras / name).is_symlink():
             (loras / name).unlink()
+    for case in cases.values():  # the shared server's loras folder keeps only the good files
+        (loras / case.path_name).unlink(missing_ok=True)
 
 
 def _exec_error(env, prompt) -> dict:
