@@ -20,6 +20,7 @@ BUDGET_S = 60
 def _bench_module():
     spec = importlib.util.spec_from_file_location("lyco_bench_run", RUN)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)  # stdlib-only at import time
     return mod
 
