@@ -19,13 +19,12 @@ from ..lycoris_core.adapters.base import Adapter
 from ..lycoris_core.adapters.registry import check_target
 from ..lycoris_core.errors import LycorisError, NoMatchingKeysError, ShapeMismatchError
 from ..lycoris_core.safetensors_file import read_header
-from ..lycoris_core.tlora_schedule import tlora_params_from_config
 from .bypass import BypassInjection, BypassSlice
 from .file_cache import load_parsed
 from .keymaps import build_key_map, family_of, guess_family
 from .layers import is_quantized
 from .merged import LycorisWeightAdapter
-from .tlora import TLoraSchedule
+from .tlora import TLoraSchedule, schedule_params, schedule_source
 
 ATTACHMENT = "lycoris"
 MODES = ("auto", "merged", "bypass")
@@ -89,6 +88,7 @@ class LoadedLycoris:
     injection: BypassInjection | None = None
     schedule: TLoraSchedule | None = None
     config: dict | None = None  # the file's lycoris_config, for T-LoRA defaults
+    config_source: str = "none"  # "metadata", "sidecar:<path>" or "none"
 
 
 @dataclass
@@ -220,13 +220,11 @@ def _bypass_injection(placed: dict, strength: float) -> BypassInjection:
     return BypassInjection(targets, strength)
 
 
-def default_schedule(placed: dict, config: dict | None) -> TLoraSchedule:
-    """The T-LoRA schedule SimpleTuner validation used: lycoris_config (metadata or sidecar), else its defaults;
-    max_rank falls back to the largest module rank (final-save files drop linear_dim)."""
+def default_schedule(placed: dict, config: dict | None, config_source: str) -> TLoraSchedule:
+    """The T-LoRA schedule SimpleTuner validation used: lycoris_config (metadata or sidecar), else its defaults."""
     ranks = [a.rank for a, _ in placed.values() if a.algo == "tlora"]
-    params = tlora_params_from_config(config, ranks)
-    source = ", ".join(f"{name} from {where}" for name, where in params["source"].items())
-    return TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"], source)
+    params, where = schedule_params(ranks, config, config_source)
+    return TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"], schedule_source(where))
 
 
 def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, rank_cap: int | None = None):
@@ -255,10 +253,11 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
         injection = _bypass_injection(placed, strength)
         if any(a.algo == "tlora" for a, _ in placed.values()):
             # Installed by default so a graph without the T-LoRA wrapper node still renders like SimpleTuner.
-            schedule = injection.schedule = default_schedule(placed, parsed.file.config)
+            schedule = injection.schedule = default_schedule(placed, parsed.file.config, parsed.file.config_source)
             schedule.install(clone)
         injection.install(clone)
-    record = LoadedLycoris(label, concrete, float(strength), placed, injection, schedule, parsed.file.config)
+    record = LoadedLycoris(label, concrete, float(strength), placed, injection, schedule, parsed.file.config,
+                           parsed.file.config_source)
     clone.attachments[ATTACHMENT] = loaded_lycoris(patcher) + (record,)
 
     report = LoadReport(label, concrete, float(strength), family, Counter(a.algo for a, _ in placed.values()),

@@ -19,7 +19,8 @@ import torch
 import comfy.model_sampling
 import comfy.patcher_extension
 
-from ..lycoris_core.tlora_schedule import active_rank, fill_mask_
+from ..lycoris_core.errors import LycorisError
+from ..lycoris_core.tlora_schedule import active_rank, fill_mask_, tlora_params_from_config
 from .tlora_base_cache import install_base_preparation
 
 MAX_TIMESTEP = 1000  # SimpleTuner's num_train_timesteps for every standard scheduler
@@ -165,3 +166,40 @@ def render_schedule_image(panels: list[dict], width: int = 640, panel_height: in
                     draw.text((x0, plot_bottom + 4), str(i), fill=(170, 170, 175), font=font)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).unsqueeze(0)
+
+
+_CONFIG_KEYS = {"max_rank": "linear_dim", "min_rank": "tlora_min_rank", "alpha": "tlora_alpha"}
+
+
+def config_origin(config: dict | None, config_source: str) -> str:
+    """Where a file's lycoris_config came from, in words (its metadata, the sidecar's path, or nowhere)."""
+    if config is None:
+        return "no lycoris_config (neither in the file's metadata nor a lycoris_config.json beside it)"
+    if config_source.startswith("sidecar:"):
+        return f"lycoris_config.json beside the file ({config_source[len('sidecar:'):]})"
+    return "the file's lycoris_config metadata"
+
+
+def schedule_params(ranks: list[int], config: dict | None, config_source: str) -> tuple[dict, dict]:
+    """({"max_rank", "min_rank", "alpha"}, {name: where it came from, in words}) of a T-LoRA file, SimpleTuner's
+    way: lycoris_config (metadata, else the sidecar), else SimpleTuner's defaults; max_rank falls back to the
+    largest module rank `ranks` because final saves drop linear_dim."""
+    params = tlora_params_from_config(config, ranks)
+    origin = config_origin(config, config_source)
+    where = {}
+    for name, note in params["source"].items():
+        if note.startswith("lycoris_config."):
+            where[name] = f"{_CONFIG_KEYS[name]} in {origin}"
+        elif note.startswith("default"):
+            where[name] = "SimpleTuner's default (not in the config)"
+        else:
+            where[name] = f"{note} (linear_dim not in the config)"
+    if params["max_rank"] is None:
+        raise LycorisError("cannot tell the T-LoRA max rank (no linear_dim in the config and no module ranks).")
+    return {k: params[k] for k in ("max_rank", "min_rank", "alpha")}, where
+
+
+def schedule_source(where: dict) -> str:
+    """One line saying where each schedule parameter came from."""
+    return "; ".join(f"{k} {where[k]}" for k in ("max_rank", "min_rank", "alpha"))
+

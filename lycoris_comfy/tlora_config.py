@@ -8,51 +8,15 @@ import dataclasses
 import torch
 
 from ..lycoris_core.errors import LycorisError
-from ..lycoris_core.tlora_schedule import tlora_params_from_config
-from . import file_cache
 from .apply import ATTACHMENT, loaded_lycoris
-from .tlora import (DEFAULT_PLOT_SCHEDULER, DEFAULT_PLOT_STEPS, TLoraSchedule, render_schedule_image,
+from .tlora import (DEFAULT_PLOT_SCHEDULER, schedule_params, schedule_source, DEFAULT_PLOT_STEPS, TLoraSchedule, render_schedule_image,
                     schedule_table)
 from .tlora_base_cache import install_base_preparation, quantized_targets
 
-_CONFIG_KEYS = {"max_rank": "linear_dim", "min_rank": "tlora_min_rank", "alpha": "tlora_alpha"}
-
-
-def config_origin(config: dict | None) -> str:
-    """Where a loaded file's lycoris_config came from, in words (metadata, sidecar path, or nowhere)."""
-    if config is None:
-        return "no lycoris_config (neither in the file's metadata nor a lycoris_config.json beside it)"
-    source = None
-    with file_cache._lock:
-        for parsed in file_cache._cache.values():
-            if parsed.file.config is config:
-                source = parsed.file.config_source
-                break
-    if source == "metadata":
-        return "the file's lycoris_config metadata"
-    if source and source.startswith("sidecar:"):
-        return f"lycoris_config.json beside the file ({source[len('sidecar:'):]})"
-    return "the file's lycoris_config"
-
-
 def file_params(record) -> tuple[dict, dict]:
-    """({"max_rank", "min_rank", "alpha"}, {name: where, in words}) of a loaded T-LoRA file (SimpleTuner's way:
-    lycoris_config metadata, else the sidecar, else SimpleTuner's defaults; max_rank falls back to the largest
-    module rank since final saves drop linear_dim)."""
+    """({"max_rank", "min_rank", "alpha"}, {name: where, in words}) of a loaded T-LoRA file."""
     ranks = [a.rank for a, _ in record.adapters.values() if a.algo == "tlora"]
-    params = tlora_params_from_config(record.config, ranks)
-    origin = config_origin(record.config)
-    where = {}
-    for name, note in params["source"].items():
-        if note.startswith("lycoris_config."):
-            where[name] = f"{_CONFIG_KEYS[name]} in {origin}"
-        elif note.startswith("default"):
-            where[name] = "SimpleTuner's default (not in the config)"
-        else:
-            where[name] = f"{note} (linear_dim not in the config)"
-    if params["max_rank"] is None:
-        raise LycorisError(f"{record.name}: cannot tell the T-LoRA max rank (no linear_dim and no module ranks).")
-    return {k: params[k] for k in ("max_rank", "min_rank", "alpha")}, where
+    return schedule_params(ranks, record.config, record.config_source)
 
 
 def _describe(record, schedule: TLoraSchedule | None, where: dict) -> str:
@@ -95,8 +59,8 @@ def configure_tlora(patcher, min_rank: int = -1, alpha: float = 0.0, enabled: bo
                     where["min_rank"] += f", clamped to max_rank (asked {min_rank})"
             if alpha > 0:
                 params["alpha"], where["alpha"] = float(alpha), "from this node"
-            source = "; ".join(f"{k} {where[k]}" for k in ("max_rank", "min_rank", "alpha"))
-            schedule = TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"], source)
+            schedule = TLoraSchedule(params["max_rank"], params["min_rank"], params["alpha"],
+                                     schedule_source(where))
             schedule.install(clone)
         lines.append(_describe(record, schedule, where))
         injection = record.injection.with_schedule(schedule)
