@@ -8,6 +8,7 @@ so no tensor is touched. Merged: the strength of this pack's patches is rewritte
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 
 from ..lycoris_core.errors import LycorisError
@@ -17,6 +18,8 @@ from .merged import LycorisWeightAdapter
 
 def set_strength(patcher, strength: float, name: str | None = None):
     """A clone of `patcher` whose LyCORIS loads (all, or those from file `name`) use multiplier `strength`."""
+    if not math.isfinite(strength):
+        raise LycorisError(f"strength must be a finite number, got {strength!r}.")
     records = loaded_lycoris(patcher)
     if not records:
         raise LycorisError("This model carries no LyCORIS loaded by 'Load LyCORIS'; connect the loader's output.")

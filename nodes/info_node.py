@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..lycoris_comfy.info import describe_file
-from ..lycoris_comfy.paths import lycoris_names, resolve_lycoris_path
+from ..lycoris_comfy.paths import lycoris_name_problem, lycoris_names, resolve_lycoris_path
 from . import ids
 
 
@@ -25,6 +25,11 @@ class LycorisInfo(io.ComfyNode):
             outputs=[io.String.Output(display_name="info", tooltip="The description, one fact per line.")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, lycoris_name=None):
+        # ComfyUI 0.3.75 does not check V3 combo values against their options.
+        return lycoris_name_problem(lycoris_name) or True
 
     @classmethod
     def execute(cls, lycoris_name) -> io.NodeOutput:
