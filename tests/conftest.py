@@ -95,6 +95,42 @@ class ServerFactory:
             srv.stop(cleanup=False)  # pytest's tmp_path retention handles the folders (and keeps logs)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tlora_cache(tmp_path_factory):
+    """T-LoRA SVD bases of every test (and of servers started by tests) go to a temp dir, never the user dir."""
+    old = os.environ.get("LYCORIS_TLORA_CACHE_DIR")
+    os.environ["LYCORIS_TLORA_CACHE_DIR"] = str(tmp_path_factory.mktemp("tlora_svd_cache"))
+    yield
+    if old is None:
+        os.environ.pop("LYCORIS_TLORA_CACHE_DIR", None)
+    else:
+        os.environ["LYCORIS_TLORA_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack package, imported by path under a unique name like ComfyUI does, with ComfyUI importable (CPU)."""
+    reason = host.comfyui_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    host.import_comfy()
+    return host.load_pack()
+
+
+@pytest.fixture(scope="session")
+def pack_mod(pack):
+    """``pack_mod("lycoris_comfy.apply")`` -> that module of the pack."""
+    import importlib
+
+    return lambda name: importlib.import_module(f"{pack.__name__}.{name}")
+
+
+@pytest.fixture(scope="session")
+def binding(pack_mod):
+    """``binding("apply")`` -> the pack's ``lycoris_comfy.apply`` module (any binding submodule by name)."""
+    return lambda name: pack_mod(f"lycoris_comfy.{name}")
+
+
 @pytest.fixture(scope="session")
 def comfy_server_factory(tmp_path_factory):
     """``factory(name="comfy", models=True, **ComfyServer kwargs) -> ComfyServer`` (started)."""

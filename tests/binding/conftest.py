@@ -1,30 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Tier-2 fixtures: ComfyUI imported in-process (CPU), the pack imported the way ComfyUI imports it, twins."""
+"""Tier-2 fixtures: twins (the `pack` and `binding` fixtures are in tests/conftest.py)."""
 from __future__ import annotations
-
-import importlib
 
 import pytest
 
-from lyco_testkit import host
-
 _TWINS: dict = {}
-
-
-@pytest.fixture(scope="session")
-def pack():
-    """The pack package (imported by path under a unique name, like ComfyUI does), with ComfyUI importable."""
-    reason = host.comfyui_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    host.import_comfy()
-    return host.load_pack()
-
-
-@pytest.fixture(scope="session")
-def binding(pack):
-    """`binding("apply")` -> the pack's `lycoris_comfy.apply` module (any binding submodule by name)."""
-    return lambda name: importlib.import_module(f"{pack.__name__}.lycoris_comfy.{name}")
 
 
 @pytest.fixture(scope="session")

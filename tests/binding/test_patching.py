@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lyco_testkit.lycoris_files import config_for, make_lycoris
-from lyco_testkit.oracle import base_output
 
 BOUND = 1e-4
 

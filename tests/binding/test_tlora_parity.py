@@ -13,7 +13,6 @@ Error measure as in test_parity.py: max|ours - ref| / max|ref - base| <= 1e-4.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ TIMESTEPS = (999, 750, 500, 250, 0)
 FAMILIES = ("flux2", "sdxl")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_svd_cache(tmp_path_factory):
-    old = os.environ.get("LYCORIS_TLORA_CACHE_DIR")
-    os.environ["LYCORIS_TLORA_CACHE_DIR"] = str(tmp_path_factory.mktemp("tlora_svd_cache"))
-    yield
-    if old is None:
-        os.environ.pop("LYCORIS_TLORA_CACHE_DIR", None)
-    else:
-        os.environ["LYCORIS_TLORA_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")

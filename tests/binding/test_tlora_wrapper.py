@@ -21,18 +21,6 @@ R8 = 8
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _private_svd_cache(tmp_path_factory):
-    """Every test here uses its own disk cache for T-LoRA bases (never the host's user dir)."""
-    old = os.environ.get("LYCORIS_TLORA_CACHE_DIR")
-    os.environ["LYCORIS_TLORA_CACHE_DIR"] = str(tmp_path_factory.mktemp("tlora_svd_cache"))
-    yield
-    if old is None:
-        os.environ.pop("LYCORIS_TLORA_CACHE_DIR", None)
-    else:
-        os.environ["LYCORIS_TLORA_CACHE_DIR"] = old
-
-
 @pytest.fixture(scope="module")
 def tl(binding):
     return binding("tlora")

@@ -6,29 +6,12 @@ In-process modules mark themselves ``binding``, HTTP modules ``server`` (both ar
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lyco_testkit import host
-
-
-@pytest.fixture(scope="session")
-def rel_pack():
-    """The pack package imported like ComfyUI imports it (ComfyUI importable, CPU)."""
-    reason = host.comfyui_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    host.import_comfy()
-    return host.load_pack()
-
-
-@pytest.fixture(scope="session")
-def pack_mod(rel_pack):
-    """``pack_mod("lycoris_comfy.apply")`` -> that module of the pack."""
-    return lambda name: importlib.import_module(f"{rel_pack.__name__}.{name}")
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +45,7 @@ def rel_catalogue_dir(rel_sources, tmp_path_factory) -> Catalogue:
 
 
 @pytest.fixture
-def flux2_patcher(rel_pack):
+def flux2_patcher(pack):
     """A fresh ModelPatcher of the tiny flux2 twin (its own model object; weights cached per process)."""
     pytest.importorskip("diffusers")
     from lyco_testkit import twins

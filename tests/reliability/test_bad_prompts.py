@@ -236,10 +236,10 @@ def test_symlink_out_of_loras_refused(env, which):
     assert name in json.dumps(listed), "ComfyUI is expected to list the link (it follows links)"
     errors = _assert_400(env, rp.graph([(name, 1.0, "auto")], prefix="bad"), "10", "lycoris_name")
     assert any("resolves outside the loras folders" in e["details"] and name in e["details"] for e in errors)
-    # LycorisInfo has no validate_inputs: it refuses at run time
+    # LycorisInfo validates the name too: a 400 before anything runs
     info = {"1": {"class_type": "LycorisInfo", "inputs": {"lycoris_name": name}}}
-    err = _exec_error(env, info)
-    assert "resolves outside the loras folders" in err["exception_message"]
+    errors = _assert_400(env, info, "1", "lycoris_name")
+    assert any("resolves outside the loras folders" in e["details"] for e in errors)
     env.check_base()
 
 

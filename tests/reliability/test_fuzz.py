@@ -288,7 +288,7 @@ def test_parser_mutated_modules(case):
 
 # ------------------------------------------------------------------------------------------ key mapper + apply
 @pytest.mark.binding
-def test_apply_random_files_on_a_model(rel_pack, pack_mod, rel_catalogue_dir, tmp_path):
+def test_apply_random_files_on_a_model(pack, pack_mod, rel_catalogue_dir, tmp_path):
     """Files whose module names are real (from the good flux2 file) or junk, with random key sets and shapes,
     through apply_lycoris on the tiny flux2 model (merged: the patched weights are then computed): only
     LycorisErrors, and the input model is never modified."""

@@ -40,7 +40,7 @@ class Recorder:
 
 
 @pytest.fixture
-def loras(tmp_path, rel_catalogue_dir, monkeypatch, rel_pack):
+def loras(tmp_path, rel_catalogue_dir, monkeypatch, pack):
     """A models/loras folder (good files, a .ckpt, a symlinked file and folder pointing outside) installed as
     ComfyUI's only loras folder; the outside folder holds a valid LyCORIS file."""
     import folder_paths
