@@ -267,4 +267,7 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
     report.notes.extend("warning: " + w.replace(parsed.file.path, label) for w in parsed.file.warnings)
     if schedule is not None:
         report.notes.append(schedule.describe())
+    if rank_cap:
+        report.notes.append(f"DyLoRA rank cap: the first {rank_cap} ranks of each LoCon/DyLoRA module "
+                            "(scale alpha/r of the full rank, as the A1111 LyCORIS extension's dyn=).")
     return clone, report

@@ -34,6 +34,9 @@ class LycorisLoader(io.ComfyNode):
                                tooltip="auto: bypass for T-LoRA files and fp8/quantized bases, merged otherwise. "
                                        "merged: patch the weights (fastest per step). bypass: compute the "
                                        "adapter in the forward, base weights untouched."),
+                io.Int.Input("dylora_rank", default=0, min=0, max=65536, optional=True,
+                             tooltip="DyLoRA files: use only the first N ranks of each LoCon/DyLoRA module "
+                                     "(0 = all ranks). Other algorithms ignore it."),
             ],
             outputs=[io.Model.Output(tooltip="A copy of the model carrying the LyCORIS.")],
         )
@@ -52,6 +55,7 @@ class LycorisLoader(io.ComfyNode):
             return float("nan")
 
     @classmethod
-    def execute(cls, model, lycoris_name, strength, mode) -> io.NodeOutput:
-        patched, report = apply_lycoris(model, resolve_lycoris_path(lycoris_name), strength, mode)
+    def execute(cls, model, lycoris_name, strength, mode, dylora_rank=0) -> io.NodeOutput:
+        patched, report = apply_lycoris(model, resolve_lycoris_path(lycoris_name), strength, mode,
+                                        rank_cap=int(dylora_rank) or None)
         return io.NodeOutput(patched, ui=ui.PreviewText(report.text()))

@@ -139,3 +139,27 @@ def test_strength_node_equals_loader_strength(binding, flux2_files, mode, name):
     # and the strength node did not change the model it was given
     assert rel(twin.run_comfy(loaded, inputs), twin.run_comfy(apply(twin.fresh_comfy_patcher(), files[name], 1.0,
                                                                        mode)[0], inputs), base) <= BOUND
+
+
+def test_dylora_rank_cap(binding, flux2_files, tmp_path):
+    """rank_cap keeps the first k ranks with the full-rank scale alpha/r: a rank-8 LoCon capped at 4 equals the
+    hand-truncated rank-4 file (whose scale is alpha/4) at half the strength; a cap >= the rank changes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    twin, files = flux2_files
+    apply = binding("apply").apply_lycoris
+    inputs = twin.make_inputs(0)
+    base = twin.run_comfy(twin.fresh_comfy_patcher(), inputs)
+    sd = load_file(files["locon"])
+    truncated = {k: (v[:, :4].contiguous() if k.endswith("lora_up.weight") else
+                     v[:4].contiguous() if k.endswith("lora_down.weight") else v) for k, v in sd.items()}
+    save_file(truncated, str(tmp_path / "truncated.safetensors"))
+    capped, report = apply(twin.fresh_comfy_patcher(), files["locon"], 0.8, "bypass", rank_cap=4)
+    assert "rank cap" in report.text()
+    by_hand, _ = apply(twin.fresh_comfy_patcher(), str(tmp_path / "truncated.safetensors"), 0.4, "bypass")
+    full, _ = apply(twin.fresh_comfy_patcher(), files["locon"], 0.8, "bypass")
+    uncapped, _ = apply(twin.fresh_comfy_patcher(), files["locon"], 0.8, "bypass", rank_cap=8)
+    out_capped, out_full = twin.run_comfy(capped, inputs), twin.run_comfy(full, inputs)
+    assert rel(out_capped, twin.run_comfy(by_hand, inputs), base) <= BOUND
+    assert rel(twin.run_comfy(uncapped, inputs), out_full, base) <= BOUND
+    assert float((out_capped - out_full).abs().max()) > 1e-3
