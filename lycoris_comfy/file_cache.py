@@ -36,6 +36,19 @@ def file_signature(path: str) -> tuple:
     return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
 
 
+PROGRESS_MIN_BYTES = 256 * 2**20  # files this big report reading progress on ComfyUI's progress bar
+
+
+def _progress_bar(path: str):
+    """A progress(done, total) callback driving ComfyUI's progress bar for big files, else None."""
+    if os.path.getsize(path) < PROGRESS_MIN_BYTES:
+        return None
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(100)
+    return lambda done, total: bar.update_absolute(int(100 * done / total), 100)
+
+
 def load_parsed(path: str, rank_cap: int | None = None) -> ParsedFile:
     """The parsed file at `path`, from the cache when its signature is unchanged."""
     key = file_signature(path) + (rank_cap,)
@@ -44,7 +57,7 @@ def load_parsed(path: str, rank_cap: int | None = None) -> ParsedFile:
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    lyco = read_lycoris_file(path)
+    lyco = read_lycoris_file(path, progress=_progress_bar(path))
     parsed = ParsedFile(lyco, parse_modules(lyco.tensors, os.path.basename(path), rank_cap=rank_cap))
     with _lock:
         _cache[key] = parsed

@@ -14,6 +14,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -190,8 +191,23 @@ def _parse_config(path: str, metadata: dict[str, str], warnings: list[str]) -> t
     return None, "none"
 
 
-def read_lycoris_file(path: str) -> LycorisFile:
-    """Read a LyCORIS .safetensors file: validated header, CPU tensors in the file dtype, metadata, config."""
+def _load_tensors(path: str, infos: dict, progress) -> dict[str, torch.Tensor]:
+    if progress is None:
+        return safetensors.torch.load_file(path, device="cpu")
+    total = sum(info.end - info.begin for info in infos.values()) or 1
+    done, tensors = 0, {}
+    with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+            done += infos[key].end - infos[key].begin
+            progress(done, total)
+    return tensors
+
+
+def read_lycoris_file(path: str, progress=None) -> LycorisFile:
+    """Read a LyCORIS .safetensors file: validated header, CPU tensors in the file dtype, metadata, config.
+
+    `progress(done_bytes, total_bytes)`, if given, is called after each tensor (for big files)."""
     path = os.fspath(path)
     metadata, infos, data_start = read_header(path)
     for key, info in infos.items():
@@ -199,7 +215,7 @@ def read_lycoris_file(path: str) -> LycorisFile:
             raise _fail(path, f"key '{key}' has dtype {info.dtype}, which this torch cannot hold",
                         "re-export the file as F32/F16/BF16")
     try:
-        tensors = safetensors.torch.load_file(path, device="cpu")
+        tensors = _load_tensors(path, infos, progress)
     except Exception as e:  # the header passed our checks; safetensors found something else wrong
         raise _fail(path, f"safetensors could not load the tensors ({e})", "the file is damaged; re-export it") \
             from None

@@ -123,3 +123,14 @@ def test_header_not_json_and_bad_entries(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(AdapterFormatError, match="cannot read"):
         read_lycoris_file(tmp_path / "nope.safetensors")
+
+
+def test_progress_callback_reports_bytes_and_reads_the_same(tmp_path):
+    tensors = {f"lycoris_m{i}.lora_up.weight": torch.randn(8, 4) for i in range(3)}
+    path = tmp_path / "p.safetensors"
+    save_file(tensors, str(path))
+    calls = []
+    with_progress = read_lycoris_file(str(path), progress=lambda done, total: calls.append((done, total)))
+    plain = read_lycoris_file(str(path))
+    assert len(calls) == 3 and calls[-1][0] == calls[-1][1] == 3 * 8 * 4 * 4
+    assert all(torch.equal(with_progress.tensors[k], plain.tensors[k]) for k in tensors)
