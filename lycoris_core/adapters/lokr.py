@@ -130,7 +130,8 @@ class LoKrAdapter(AdditiveAdapter):
 
     def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
         """y += coeff·s·vec(W1·X·W2ᵀ) in place: H = X·W2ᵀ (tokens, c, b) in one GEMM, then y viewed (tokens, a, b)
-        gets (coeff·s·W1)·H by a batched GEMM with a broadcast (stride-0) W1; no ΔW, no output-sized temporary."""
+        gets (coeff·s·W1)·H by a batched GEMM with a broadcast (stride-0) W1; no ΔW, and no output-sized temporary
+        when y is contiguous (a row slice of a fused output gets the product through one temporary)."""
         w1 = self._w1(x)
         a, c = w1.shape
         b = y.shape[-1] // a
@@ -141,11 +142,10 @@ class LoKrAdapter(AdditiveAdapter):
             h = (h @ self.t("lokr_w2_b", x).transpose(0, 1)) @ self.t("lokr_w2_a", x).transpose(0, 1)
         w1 = w1 * (coeff * self.scale)
         m = h.shape[0]
-        try:
-            y3 = y.view(m, a, b)
-        except RuntimeError:
-            return y.add_(torch.matmul(w1, h).reshape(y.shape))
-        y3.baddbmm_(w1.expand(m, a, c), h)
+        if y.is_contiguous():
+            y.view(m, a, b).baddbmm_(w1.expand(m, a, c), h)
+        else:  # a row slice of a fused output: baddbmm into strided memory falls back to a slow per-batch loop
+            y.add_(torch.matmul(w1, h).view(y.shape))
         return y
 
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
