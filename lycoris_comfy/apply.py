@@ -247,8 +247,15 @@ def apply_lycoris(patcher, path: str, strength: float, mode: str = "auto", *, ra
     clone = patcher.clone()
     injection = schedule = None
     if concrete == "merged":
+        # One add_patches call per batch of distinct keys (each call walks the model's state dict once).
+        batches: list[dict] = []
         for key, weight_adapter in _merged_patches(placed):
-            clone.add_patches({key: weight_adapter}, strength)
+            batch = next((b for b in batches if key not in b), None)
+            if batch is None:
+                batches.append(batch := {})
+            batch[key] = weight_adapter
+        for batch in batches:
+            clone.add_patches(batch, strength)
     else:
         injection = _bypass_injection(placed, strength)
         if any(a.algo == "tlora" for a, _ in placed.values()):
