@@ -132,9 +132,9 @@ def _place(adapters: dict[str, Adapter], key_map: dict, label: str, family: str)
             unmatched.append(name)
         else:
             placed[name] = (adapter, target)
+    looks = guess_family(adapters.keys())
+    hint = f" Its module names look like a {looks} model." if looks and looks != family else ""
     if not placed:
-        looks = guess_family(adapters.keys())
-        hint = f" Its module names look like a {looks} model." if looks else ""
         raise NoMatchingKeysError(
             f"{label}: none of its {len(adapters)} modules matches this {family} model "
             f"(first: {', '.join(sorted(unmatched)[:3])}).{hint} Fix: load it on the model it was trained for."
@@ -142,8 +142,8 @@ def _place(adapters: dict[str, Adapter], key_map: dict, label: str, family: str)
     if len(unmatched) > MAX_UNMATCHED_SHARE * len(adapters):
         raise NoMatchingKeysError(
             f"{label}: {len(unmatched)} of {len(adapters)} modules match nothing in this {family} model, e.g. "
-            f"{', '.join(sorted(unmatched)[:5])}. The file was probably trained for another model or variant. "
-            "Fix: load it on that model."
+            f"{', '.join(sorted(unmatched)[:5])}. The file was probably trained for another model or variant."
+            f"{hint} Fix: load it on that model."
         )
     return placed, sorted(unmatched)
 
