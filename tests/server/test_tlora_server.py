@@ -9,7 +9,9 @@ file's parameters; enabled=False and a min_rank override change the result.
 from __future__ import annotations
 
 import copy
+import os
 import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -25,12 +27,16 @@ TLORA = "flux2_tlora_server_test.safetensors"
 def server(comfy_server):
     pytest.importorskip("diffusers")
     pytest.importorskip("lycoris")
-    from lyco_testkit.lycoris_files import make_demo_lycoris
+    from lyco_testkit.lycoris_files import config_for, make_lycoris
+    from lyco_testkit.twins import build_diffusers_model
 
     path = comfy_server.models_dir / "loras" / TLORA
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        make_demo_lycoris("flux2", "tlora", path, seed=6)
+        # Rank 6, which no other test uses: SVD bases are keyed by (base weight, rank), so this server computes
+        # its own instead of reusing bases an earlier test left in the shared server's memory.
+        config = config_for("tlora", "flux2", linear_dim=6, linear_alpha=3)
+        make_lycoris(build_diffusers_model("flux2", 0), path, config, seed=6, family="flux2")
     return comfy_server
 
 
@@ -80,7 +86,7 @@ def test_tlora_workflow_through_http(server):
     assert width >= 256 and height >= 100
     log = server.log_text(since=mark)
     assert re.search(r"LyCORIS T-LoRA bases: \d+ computed, \d+ from disk cache", log), log[-3000:]
-    cache = server.base_dir / "user" / "lycoris_cache" / "tlora_svd"
+    cache = Path(os.environ.get("LYCORIS_TLORA_CACHE_DIR") or server.base_dir / "user" / "lycoris_cache" / "tlora_svd")
     assert len(list(cache.glob("*.safetensors"))) >= 28
     with_wrapper = latent_of(server, entry)
 
