@@ -11,7 +11,8 @@ and read at every call; it is shared by every `to()` copy. None means all ranks.
 rank is truncated, a shorter one padded with ones (4.1.3 `_get_mask`). A (B, R) mask gives per-sample masks in
 bypass (broadcast as (B, 1, ..., r), which 4.1.3 gets wrong, §4.6).
 
-Bypass is a rank-2r LoRA: down [Q; Q0], per-rank diagonal s·[λ⊙μ; −λ0⊙μ] (scale folded in), up [P | P0], built
+Bypass is a rank-2r LoRA: down [Q; Q0], per-rank diagonal s·[λ⊙μ; −λ0⊙μ] (scale folded in), up [P | P0] (stored
+with the ranks of both paths interleaved, so the active ranks are a leading slice: one GEMM pair on CPU), built
 once per (device, dtype, base token) and cached on the instance. The SVD base is shared by every `to()` copy; a
 host may set it with `prepare_base(weight or svd, token=hash of the weight)` so one parsed file loaded on two
 models gets each model's base. `tlora_svd_base` is exact: fp32 `torch.linalg.svd` for small matrices, else the
@@ -223,8 +224,10 @@ class TLoRAAdapter(AdditiveAdapter):
         return self._set_svd(tlora_svd_base(weight_fn(), r), None)
 
     def _factors(self, like: torch.Tensor, weight_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(down [Q; Q0] (2r, in), up [P | P0] (out, 2r), s·[λ; −λ0] (2r,)) on like's device/dtype, cached per
-        base token (a base replaced by `prepare_base` rebuilds them). The scale s is folded into the diagonal."""
+        """(down (2r, in), up (out, 2r), s·λ2 (2r,)) on like's device/dtype, cached per base token (a base replaced
+        by `prepare_base` rebuilds them). The scale s is folded into the diagonal. Ranks are interleaved, current
+        then base: down rows Q_0, Q0_0, Q_1, Q0_1, ..., up columns P_0, P0_0, ..., λ2 = λ_0, −λ0_0, λ_1, ...; so the
+        first 2k rows (columns) are ranks [0, k) of both paths and a rank-sliced product is one view, one GEMM."""
         key = ("tlora_factors", like.device, like.dtype, self._shared.get("tlora_base_token"))
         hit = self._cache.get(key)
         if hit is not None:
@@ -238,21 +241,22 @@ class TLoRAAdapter(AdditiveAdapter):
         p = self.tensors["p_layer.weight"].reshape(-1, r)
         lam = self.tensors["lambda_layer"].reshape(r)
         dev, dt = like.device, like.dtype
-        down = torch.cat([q.to(dev, dt), q0.to(dev, dt)], dim=0)
-        up = torch.cat([p.to(dev, dt), p0.to(dev, dt)], dim=1)
-        lam2 = (torch.cat([lam.float(), -lam0.float()]) * self.scale).to(dev, dt)
+        down = torch.stack([q.to(dev, dt), q0.to(dev, dt)], dim=1).reshape(2 * r, -1)
+        up = torch.stack([p.to(dev, dt), p0.to(dev, dt)], dim=2).reshape(p.shape[0], 2 * r)
+        lam2 = (torch.stack([lam.float(), -lam0.float()], dim=1).reshape(2 * r) * self.scale).to(dev, dt)
         hit = self._cache[key] = (down, up, lam2)
         return hit
 
     def _lam_eff(self, lam2: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """s·[λ⊙μ; −λ0⊙μ]: (2r,), or (B, 2r) for a per-sample mask; one small allocation, no concatenation."""
+        """s·λ2⊙μ (μ repeated for both paths, interleaved like `_factors`): (2r,), or (B, 2r) for a per-sample mask;
+        one small allocation, no concatenation."""
         mu = self._mask_vec(like)
         if mu is None:
             return lam2
         r = self.rank
         if mu.dim() == 1:
-            return (lam2.view(2, r) * mu).view(2 * r)
-        return (lam2.view(1, 2, r) * mu.reshape(-1, 1, r)).reshape(-1, 2 * r)
+            return (lam2.view(r, 2) * mu.view(r, 1)).view(2 * r)
+        return (lam2.view(1, r, 2) * mu.reshape(-1, r, 1)).reshape(-1, 2 * r)
 
     # ------------------------------------------------------------------ maths
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
@@ -297,14 +301,10 @@ class TLoRAAdapter(AdditiveAdapter):
                 and mask.device.type == "cpu"):
             on = torch.nonzero(self._mask_vec(x))  # ranks past the last active one contribute exactly 0
             k = int(on[-1]) + 1 if on.numel() else 0
-        if k == r:
-            y2.addmm_(F.linear(x2, down).mul_(lam_eff), up.t())
-            return y
         if k == 0:
             return y
-        for lo in (0, r):  # current path, then the frozen base path, each sliced to ranks [0, k)
-            h = F.linear(x2, down[lo:lo + k]).mul_(lam_eff[lo:lo + k])
-            y2.addmm_(h, up[:, lo:lo + k].t())
+        n = 2 * k  # ranks [0, k) of both paths: the first 2k interleaved rows / columns (views, no copy)
+        y2.addmm_(F.linear(x2, down[:n]).mul_(lam_eff[:n]), up[:, :n].t())
         return y
 
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
