@@ -485,22 +485,27 @@ def make_files(env: Env, b: Bench, quick: bool, log) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def timed_sample(env: Env, clock: Clock, patcher, b: Bench, sigmas: list, on_first=None, per_step=None):
-    """One `CFGGuider.sample` (cfg 1) whose sampler calls the model once per sigma; returns the stamps after each
-    call (clock marks). `on_first()` runs after the first call (e.g. a memory reset), `per_step(i)` is a context
-    manager factory wrapped around call i >= 1 (profiler, sync counter)."""
+def timed_sample(env: Env, clock: Clock, patcher, b: Bench, sigmas: list, on_first=None, per_step=None,
+                 before_call=None):
+    """One `CFGGuider.sample` (cfg 1) whose sampler calls the model once per sigma; returns (start, end) clock marks
+    of every call. `on_first()` runs after the first call (e.g. a memory reset); `per_step(i)` is a context manager
+    factory wrapped around call i >= 1 (profiler, sync counter, heap probe); `before_call(i)` runs before call i,
+    outside the timed span (e.g. switching the bypass hooks off and on for a paired base)."""
     torch = env.torch
-    stamps = []
+    marks = []
 
     def sampler_fn(model, noise, sig, extra_args=None, callback=None, disable=None, **_):
         x = b.x.to(noise.device, noise.dtype)
         s_in = x.new_ones((x.shape[0],))
         out = None
         for i in range(len(sigmas)):
+            if before_call is not None:
+                before_call(i)
             ctx = per_step(i) if (per_step is not None and i > 0) else contextlib.nullcontext()
             with ctx:
+                start = clock.mark()
                 out = model(x, sig[i] * s_in, **(extra_args or {}))
-                stamps.append(clock.mark())
+                marks.append((start, clock.mark()))
             if i == 0:
                 clock.sync()
                 if on_first is not None:
@@ -515,7 +520,7 @@ def timed_sample(env: Env, clock: Clock, patcher, b: Bench, sigmas: list, on_fir
     with torch.inference_mode():
         guider.sample(zeros, zeros, env.samplers.KSAMPLER(sampler_fn), sig, seed=0, disable_pbar=True)
     clock.sync()
-    return stamps
+    return marks
 
 
 def clean(env: Env) -> None:
@@ -537,6 +542,7 @@ class Variant:
     recipe: Recipe | None = None
     data: dict = field(default_factory=lambda: {"load_s": [], "step_s": [], "set_s": [], "change_s": [],
                                                 "mem_load_mb": [], "mem_step_mb": [], "heap_step_mb": [],
+                                                "paired_base_s": [],
                                                 "patches": None,
                                                 "syncs_per_step": None, "kernels_per_step": None})
 
@@ -579,11 +585,30 @@ def measure_comfy(env: Env, clock: Clock, mem: Memory, b: Bench, v: Variant, pro
     clock.sync()
     w0 = time.perf_counter()
     patched, node = make_patched(env, b, v, S1)
-    stamps = timed_sample(env, clock, patched, b, b.sigmas, on_first=after_first, per_step=per_step)
+    sigmas, before = b.sigmas, None
+    if v.kind == "bypass":
+        # Paired base: every step runs twice, hooks on then off (the same model, weights and moment), so the
+        # bypass overhead is not at the mercy of load changes between variants.
+        injection = env.apply.loaded_lycoris(patched)[-1].injection
+        sigmas = b.sigmas[:1] + [s for s in b.sigmas[1:] for _ in (0, 1)]
+
+        def before(i):
+            if i > 0:
+                (injection.inject if i % 2 else injection.eject)(patched)
+
+    calls = timed_sample(env, clock, patched, b, sigmas, on_first=after_first, per_step=per_step,
+                         before_call=before)
+    if v.kind == "bypass":
+        injection.inject(patched)
     d = v.data
     d["load_s"].append(marks["first_wall"] - w0)
-    steps = [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
-    d["step_s"] += steps[1:] if per_step is not None else steps  # the profiled step is not timed
+    times = [clock.elapsed(a, c) for a, c in calls]
+    skip = 1 if per_step is not None else 0  # the probed step (call 1) is not timed
+    if v.kind == "bypass":
+        d["step_s"] += times[1 + 2 * skip::2]
+        d["paired_base_s"] += times[2 + 2 * skip::2]
+    else:
+        d["step_s"] += times[1 + skip:]
     d["mem_load_mb"].append(marks.get("first_mem"))
     d["mem_step_mb"].append(mem.peak() + mem.base - start)  # peak during the steps, above the pre-load level
     if isinstance(per_step, _HeapProbe):
@@ -675,16 +700,24 @@ def lycoris_network(env: Env, b: Bench, r: Recipe):
 
 
 def measure_diffusers(env: Env, clock: Clock, b: Bench, v: Variant) -> None:
+    """Steps of the diffusers twin; LyCORIS's own bypass network is switched on and off around each step (paired
+    base, as for ours)."""
     net = lycoris_network(env, b, v.recipe) if v.kind == "lycoris_bypass" else None
     try:
         run_diffusers(env, b, b.diffusers, b.sigmas[0])  # warm-up (and LyCORIS's own caches)
-        clock.sync()
-        stamps = [clock.mark()]
+        if net is not None:
+            net.restore()  # from here on: applied for the timed "on" call, restored for its pair
         for s in b.sigmas[1:]:
-            run_diffusers(env, b, b.diffusers, s)
-            stamps.append(clock.mark())
-        clock.sync()
-        v.data["step_s"] += [clock.elapsed(a, c) for a, c in zip(stamps[:-1], stamps[1:])]
+            for on in ((True, False) if net is not None else (True,)):
+                if net is not None:
+                    for lora in net.loras:
+                        lora.apply_to() if on else lora.restore()
+                clock.sync()
+                t0 = clock.mark()
+                run_diffusers(env, b, b.diffusers, s)
+                t1 = clock.mark()
+                clock.sync()
+                (v.data["step_s"] if on else v.data["paired_base_s"]).append(clock.elapsed(t0, t1))
     finally:
         if net is not None:
             net.restore()
@@ -813,8 +846,13 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
     rounds = args.rounds
     for rnd in range(rounds):
         tr = time.perf_counter()
-        k = rnd % len(comfy_vs)
-        order = comfy_vs[k:] + comfy_vs[:k]
+        others = comfy_vs[1:]
+        k = rnd % max(len(others), 1)
+        order = others[k:] + others[:k]
+        # the base (for merged/base and built-in/base) several times per round, spread between the others
+        n_base, n_other = min(4, 1 + len(order) // 6), len(order)
+        for j in range(n_base):
+            order.insert(j * n_other // n_base + j, comfy_vs[0])
         for v in order:
             tv = time.perf_counter()
             measure_comfy(env, clock, mem, b, v, probe=rnd == 0)
@@ -841,6 +879,7 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
                "n_step_samples": len(d["step_s"]),
                "step_ms": _ms(median(d["step_s"])), "step_min_ms": _ms(min(d["step_s"], default=None)),
                "step_iqr_pct": _iqr_pct(d["step_s"]),
+               "paired_base_ms": _ms(median(d["paired_base_s"])),
                "load_s": median(d["load_s"]), "strength_set_ms": _ms(median(d["set_s"])),
                "strength_change_s": median(d["change_s"]),
                "mem_load_mb": median(d["mem_load_mb"]), "mem_step_mb": median(d["mem_step_mb"]),
@@ -859,8 +898,10 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
         th = theory(env, b, r)
         byp = med[f"{pre}/bypass"]
         byp.update(th)
-        byp["bypass_over_base"] = byp["step_ms"] / base
-        byp["measured_overhead"] = byp["step_ms"] / base - 1.0
+        # paired: the same model with the hooks off around each step (see measure_comfy)
+        byp["bypass_over_base"] = byp["step_ms"] / byp["paired_base_ms"]
+        byp["bypass_over_base_unpaired"] = byp["step_ms"] / base
+        byp["measured_overhead"] = byp["bypass_over_base"] - 1.0
         byp["measured_over_theory"] = byp["measured_overhead"] / th["theory_overhead"]
         # CPU: live heap (mallinfo2) while stepping, above the level before the load; GPU: max_memory_allocated
         key = "mem_step_mb" if env.cuda or byp["heap_step_mb"] is None else "heap_step_mb"
@@ -875,14 +916,15 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
             byp["load_over_builtin"] = byp["load_s"] / bi["load_s"]
             mg["change_over_builtin"] = mg["strength_change_s"] / bi["strength_change_s"]
             byp["change_over_builtin"] = byp["strength_change_s"] / bi["strength_change_s"]
-            ly["lycoris_overhead"] = ly["step_ms"] / dbase - 1.0
+            ly["lycoris_overhead"] = ly["step_ms"] / ly["paired_base_ms"] - 1.0  # paired as well
             byp["lycoris_overhead"] = ly["lycoris_overhead"]
-            byp["over_lycoris"] = (byp["step_ms"] / base) / (ly["step_ms"] / dbase)
+            byp["over_lycoris"] = byp["bypass_over_base"] / (1.0 + ly["lycoris_overhead"])
             if bi["patches"] != mg["patches"]:
                 bi["note"] = f"built-in placed {bi['patches']} patches, ours {mg['patches']}"
     if f"{family}/tlora64/bypass" in med and f"{family}/lora64/bypass" in med:
         t, l = med[f"{family}/tlora64/bypass"], med[f"{family}/lora64/bypass"]
-        t["tlora_over_lora"] = t["step_ms"] / l["step_ms"]
+        t["tlora_over_lora"] = t["bypass_over_base"] / l["bypass_over_base"]  # paired overheads
+        t["tlora_over_lora_direct"] = t["step_ms"] / l["step_ms"]
     meta = {"family": family, "size": b.size, "base_gflop": b.base_flops / 1e9, "sigmas": b.sigmas,
             "linears": len(b.tokens)}
     for row in rows:
