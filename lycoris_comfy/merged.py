@@ -34,8 +34,12 @@ class LycorisWeightAdapter(WeightAdapterBase):
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
         """Update `weight` (already narrowed to the slice) in place to the merged weight at multiplier `strength`."""
-        work = _undo_function(function, weight.to(intermediate_dtype))
         adapter = self.adapter.to(device=weight.device, dtype=intermediate_dtype)
+        if self.part == "weight" and function is None and weight.dtype == intermediate_dtype \
+                and hasattr(adapter, "merge_into_"):
+            # ComfyUI hands over its own intermediate copy: W += m·ΔW_s in place, no W-sized temporaries
+            return adapter.merge_into_(weight, strength)
+        work = _undo_function(function, weight.to(intermediate_dtype))
         if self.part == "bias":
             new = adapter.merged_bias(work, strength)
             if new is None:

@@ -46,6 +46,16 @@ class AdditiveAdapter(Adapter):
             return weight + multiplier * dw
         return dora_merge(weight + dw, self.dora_scale, multiplier, self.dora_axis, self.dora_eps)
 
+    def merge_into_(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:
+        """`weight` updated in place to `merged_weight(weight, multiplier)` and returned: W += m·ΔW_s with no
+        temporary beyond ΔW_s (the DoRA form goes through `merged_weight`)."""
+        if self.dora_scale is not None or type(self).merged_weight is not AdditiveAdapter.merged_weight:
+            return weight.copy_(self.merged_weight(weight, multiplier))
+        dw = self.delta_weight(weight).reshape(weight.shape)
+        if isinstance(multiplier, (int, float)):
+            return weight.add_(dw, alpha=multiplier)
+        return weight.add_(dw * multiplier)  # dw may be a stored tensor: never scaled in place
+
     # ------------------------------------------------------------------ bypass
     def _dora_norm(self, layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
         """N(W + ΔW_s) + eps in fp32 on x's device, cached per device (and per layer object)."""

@@ -72,12 +72,10 @@ class LoConAdapter(AdditiveAdapter):
         up, down, mid = self.t("lora_up.weight", weight), self.t("lora_down.weight", weight), \
             self.t("lora_mid.weight", weight)
         r = down.shape[0]
-        up2 = up.reshape(up.shape[0], r)
+        up2 = up.reshape(up.shape[0], r) * self.scale  # s on the small factor: no pass over ΔW
         if mid is None:
-            dw = (up2 @ down.reshape(r, -1)).reshape(self.expected_weight_shape())
-        else:
-            dw = torch.einsum("ij...,oi,jc->oc...", mid, up2, down.reshape(r, -1))
-        return dw * self.scale
+            return (up2 @ down.reshape(r, -1)).reshape(self.expected_weight_shape())
+        return torch.einsum("ij...,oi,jc->oc...", mid, up2, down.reshape(r, -1))
 
     def fuses(self, layer: LayerSpec) -> bool:
         """Linear layers: y += (m·s·down(x))·upᵀ in one addmm."""

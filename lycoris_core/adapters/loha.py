@@ -80,6 +80,7 @@ class LoHaAdapter(AdditiveAdapter):
             p1 = torch.einsum("ij...,io,jc->oc...", t1, w1a, w1b)
             p2 = torch.einsum("ij...,io,jc->oc...", t2, w2a, w2b)
         else:
-            p1 = w1a @ w1b.reshape(w1b.shape[0], -1)
+            p1 = (w1a * self.scale) @ w1b.reshape(w1b.shape[0], -1)  # s on the small factor
             p2 = w2a @ w2b.reshape(w2b.shape[0], -1)
+            return p1.mul_(p2)
         return p1 * p2 * self.scale

@@ -121,8 +121,8 @@ class LoKrAdapter(AdditiveAdapter):
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """s·kron(W1, W2) on `weight`'s device/dtype, shape `expected_weight_shape()`."""
         w1, w2 = self._w1(weight), self._w2(weight)
-        w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - 2)))
-        return torch.kron(w1, w2.contiguous()) * self.scale
+        w1 = (w1 * self.scale).reshape(*w1.shape, *([1] * (w2.dim() - 2)))  # s on the small factor
+        return torch.kron(w1, w2.contiguous())
 
     def fuses(self, layer: LayerSpec) -> bool:
         """Linear layers: the Kronecker identity, the last product accumulated into y (baddbmm)."""
