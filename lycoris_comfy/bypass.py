@@ -9,6 +9,7 @@ weights are never rewritten. Adapter tensors are copied to the activation's devi
 from __future__ import annotations
 
 import uuid
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -45,14 +46,37 @@ def _row_permutation(function, rows: int) -> torch.Tensor | None:
     return function(torch.arange(rows, dtype=torch.float32).unsqueeze(1)).squeeze(1).round().long()
 
 
+def _weight_key(module: torch.nn.Module) -> tuple:
+    """Which weight the module holds now: (the tensor object, its in-place version). Another loader's merged patch
+    (a new tensor, or an in-place update) changes it, and with it what adapters derived from W (DoRA norms)."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return (None, None)
+    return (weakref.ref(w), w._version)  # a weakref, not id(): a freed tensor's id (and memory) get reused
+
+
+def _same_weight(a: tuple, b: tuple) -> bool:
+    if a[0] is None or b[0] is None:
+        return a[0] is None and b[0] is None
+    w = a[0]()
+    return w is not None and w is b[0]() and a[1] == b[1]
+
+
 class _ModuleHook:
     """Forward hook of one module: applies each of its slices' adapters to the base output."""
 
-    def __init__(self, owner: "BypassInjection", module: torch.nn.Module, slices: list[BypassSlice]):
+    def __init__(self, owner: "BypassInjection", module: torch.nn.Module, slices: list[BypassSlice],
+                 entries: list | None = None):
         self.owner = owner
-        self.entries = []
         channel_dim = 1 if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) else -1
         self.channel_dim = channel_dim
+        self.entries = entries if entries is not None else self.build_entries(module, slices)
+
+    @staticmethod
+    def build_entries(module: torch.nn.Module, slices: list[BypassSlice]) -> list:
+        """(slice, LayerSpec, perm, inverse) per slice. Kept across re-injections (see BypassInjection.inject):
+        adapters cache layer-derived data (DoRA norms) per LayerSpec object."""
+        entries = []
         for s in slices:
             spec = layer_spec(module, s.offset)
             perm = _row_permutation(s.function, spec.weight_shape[0])
@@ -63,9 +87,10 @@ class _ModuleHook:
                 base_bias = spec.bias
                 spec.bias = lambda dtype, device, b=base_bias, inv=inverse: (
                     None if b(dtype, device) is None else b(dtype, device)[inv.to(device)])
-                self.entries.append((s, spec, perm, inverse))
+                entries.append((s, spec, perm, inverse))
             else:
-                self.entries.append((s, spec, None, None))
+                entries.append((s, spec, None, None))
+        return entries
 
     def __call__(self, module, args, output):
         x = args[0]
@@ -106,20 +131,25 @@ class BypassInjection:
     """
 
     def __init__(self, targets: dict[str, list[BypassSlice]], strength: float, key: str | None = None,
-                 schedule=None):
+                 schedule=None, _entries: dict | None = None):
         self.targets = targets
         self.strength = float(strength)
         self.key = key or f"lycoris_bypass_{uuid.uuid4().hex[:12]}"
         self.schedule = schedule
         self._handles: list = []
+        # module path -> (weakref to the module, hook entries, weight key): shared with the with_* copies, so
+        # re-injecting (each prompt, each strength change) reuses the layer specs and the per-spec caches of the
+        # adapters (DoRA norms of W + ΔW would otherwise be recomputed, a merge's worth of work, at every
+        # injection); rebuilt when the module's weight changed (another loader's merged patch below this one)
+        self._entries = {} if _entries is None else _entries
 
     def with_strength(self, strength: float) -> "BypassInjection":
         """A new injection over the same adapters (and device copies) at another multiplier, same key."""
-        return BypassInjection(self.targets, strength, self.key, self.schedule)
+        return BypassInjection(self.targets, strength, self.key, self.schedule, self._entries)
 
     def with_schedule(self, schedule) -> "BypassInjection":
         """A new injection over the same adapters with another T-LoRA schedule (None: all ranks), same key."""
-        return BypassInjection(self.targets, self.strength, self.key, schedule)
+        return BypassInjection(self.targets, self.strength, self.key, schedule, self._entries)
 
     def inject(self, patcher) -> None:
         """Register the forward hooks on `patcher.model` (idempotent)."""
@@ -127,7 +157,12 @@ class BypassInjection:
             return
         for path, slices in self.targets.items():
             module = comfy.utils.get_attr(patcher.model, path)
-            self._handles.append(module.register_forward_hook(_ModuleHook(self, module, slices)))
+            weight = _weight_key(module)
+            cached = self._entries.get(path)
+            if cached is None or cached[0]() is not module or not _same_weight(cached[2], weight):
+                cached = self._entries[path] = (weakref.ref(module), _ModuleHook.build_entries(module, slices),
+                                                weight)
+            self._handles.append(module.register_forward_hook(_ModuleHook(self, module, slices, cached[1])))
 
     def eject(self, patcher) -> None:
         """Remove the forward hooks (idempotent)."""
