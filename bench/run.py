@@ -558,6 +558,15 @@ def make_patched(env: Env, b: Bench, v: Variant, strength: float, node=None):
     return clone, None
 
 
+def swap_weights(env: Env, patched, store: dict) -> None:
+    """Exchange the model's patched weights with the originals ComfyUI backed up (and back on the next call)."""
+    for key, backup in patched.backup.items():
+        current = env.comfy_utils.get_attr(patched.model, key)
+        other = store.pop(key, None)
+        env.comfy_utils.set_attr_param(patched.model, key, backup.weight if other is None else other)
+        store[key] = current
+
+
 def count_patches(p) -> int:
     return sum(len(v) for v in p.patches.values())
 
@@ -586,7 +595,16 @@ def measure_comfy(env: Env, clock: Clock, mem: Memory, b: Bench, v: Variant, pro
     w0 = time.perf_counter()
     patched, node = make_patched(env, b, v, S1)
     sigmas, before = b.sigmas, None
-    if v.kind == "bypass":
+    if v.kind in ("merged", "builtin"):
+        # Paired base: the patched and the original weights swapped in and out around each step (parameter
+        # objects exchanged, no copy), so merged/base compares the same moment of a shared machine.
+        sigmas = b.sigmas[:1] + [s for s in b.sigmas[1:] for _ in (0, 1)]
+        swapped = {}
+
+        def before(i):
+            if i > 1:
+                swap_weights(env, patched, swapped)
+    elif v.kind == "bypass":
         # Paired base: every step runs twice, hooks on then off (the same model, weights and moment), so the
         # bypass overhead is not at the mercy of load changes between variants.
         injection = env.apply.loaded_lycoris(patched)[-1].injection
@@ -600,11 +618,13 @@ def measure_comfy(env: Env, clock: Clock, mem: Memory, b: Bench, v: Variant, pro
                          before_call=before)
     if v.kind == "bypass":
         injection.inject(patched)
+    elif v.kind in ("merged", "builtin") and len(sigmas) % 2 == 1:
+        swap_weights(env, patched, swapped)  # back to the patched weights (an odd number of swaps so far)
     d = v.data
     d["load_s"].append(marks["first_wall"] - w0)
     times = [clock.elapsed(a, c) for a, c in calls]
     skip = 1 if per_step is not None else 0  # the probed step (call 1) is not timed
-    if v.kind == "bypass":
+    if v.kind in ("bypass", "merged", "builtin"):
         d["step_s"] += times[1 + 2 * skip::2]
         d["paired_base_s"] += times[2 + 2 * skip::2]
     else:
@@ -771,10 +791,10 @@ def adapter_flops(adapter, tokens: int, d_in: int, d_out: int, r_active: float |
         a, c = adapter._w1_shape()
         bb = d_out // a
         dd = d_in // c
-        if adapter.w2_full:
-            return 2.0 * tokens * (c * dd * bb + c * bb * a)
-        r2 = t["lokr_w2_a"].shape[1]
-        return 2.0 * tokens * (c * dd * r2 + c * r2 * bb + c * bb * a)
+        if adapter.w2_full:  # X·W2ᵀ then W1·, or W1· then ·W2ᵀ: the cheaper order
+            return 2.0 * tokens * min(d_in * bb + d_out * c, a * d_in + d_out * dd)
+        r2 = t["lokr_w2_a"].shape[1]  # X·w2_bᵀ, W1·, ·w2_aᵀ: r2·(in + a·c + out)
+        return 2.0 * tokens * r2 * (d_in + a * c + d_out)
     if algo == "loha":
         r = adapter.rank
         return 2.0 * tokens * d_in * d_out + 2 * 2.0 * r * d_in * d_out + 2.0 * d_in * d_out
@@ -910,8 +930,9 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
         byp["mem_bound_mb"] = th["adapter_mb"] + th["file_mb"] * (0 if env.cuda else 1) + th["layer_act_mb"]
         if r.builtin:
             bi, mg, ly = med[f"{pre}/builtin"], med[f"{pre}/merged"], med[f"{pre}/lycoris_bypass"]
-            mg["merged_over_base"] = mg["step_ms"] / base
-            bi["builtin_over_base"] = bi["step_ms"] / base
+            mg["merged_over_base"] = mg["step_ms"] / mg["paired_base_ms"]  # paired (weights swapped)
+            bi["builtin_over_base"] = bi["step_ms"] / bi["paired_base_ms"]
+            mg["merged_over_base_unpaired"] = mg["step_ms"] / base
             mg["load_over_builtin"] = mg["load_s"] / bi["load_s"]
             byp["load_over_builtin"] = byp["load_s"] / bi["load_s"]
             mg["change_over_builtin"] = mg["strength_change_s"] / bi["strength_change_s"]

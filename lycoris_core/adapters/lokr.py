@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..layer import LayerSpec
-from .additive import AdditiveAdapter
+from .additive import AdditiveAdapter, rows_view
 from .base import layer_op, lora_scale, read_alpha
 
 
@@ -136,12 +136,20 @@ class LoKrAdapter(AdditiveAdapter):
         a, c = w1.shape
         b = y.shape[-1] // a
         h = x.reshape(-1, c, x.shape[-1] // c)  # (M, c, d)
-        if self.w2_full:
-            h = h @ self.t("lokr_w2", x).reshape(b, -1).transpose(0, 1)  # (M, c, b)
-        else:
-            h = (h @ self.t("lokr_w2_b", x).transpose(0, 1)) @ self.t("lokr_w2_a", x).transpose(0, 1)
         w1 = w1 * (coeff * self.scale)
         m = h.shape[0]
+        if not self.w2_full:
+            # W2 = w2_a·w2_b (rank r): X·w2_bᵀ (M, c, r), then W1· (M, a, r), then ·w2_aᵀ accumulated into y; every
+            # intermediate is rank-sized, y is read and written once (as LoRA)
+            g = torch.matmul(w1, h @ self.t("lokr_w2_b", x).transpose(0, 1))  # (M, a, r)
+            w2a = self.t("lokr_w2_a", x)
+            y2 = rows_view(y)
+            if y.is_contiguous() and y2 is not None:
+                y2.view(m * a, b).addmm_(g.reshape(m * a, -1), w2a.t())
+            else:
+                y.add_((g @ w2a.t()).view(y.shape))
+            return y
+        h = h @ self.t("lokr_w2", x).reshape(b, -1).transpose(0, 1)  # (M, c, b)
         if y.is_contiguous():
             y.view(m, a, b).baddbmm_(w1.expand(m, a, c), h)
         else:  # a row slice of a fused output: baddbmm into strided memory falls back to a slow per-batch loop
