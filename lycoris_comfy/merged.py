@@ -17,6 +17,17 @@ def _undo_function(function, t: torch.Tensor) -> torch.Tensor:
     return t if function is None else function(t)
 
 
+def _is_identity(function, like: torch.Tensor) -> bool:
+    """True for no row function: None, or ComfyUI's stand-in `lambda a: a` (calculate_weight never passes None)."""
+    if function is None:
+        return True
+    probe = like.new_empty((2, 1))
+    try:
+        return function(probe) is probe
+    except Exception:  # a real row function that needs real rows
+        return False
+
+
 class LycorisWeightAdapter(WeightAdapterBase):
     """A ComfyUI weight adapter computing LyCORIS's merged weight (per-algorithm multiplier semantics).
 
@@ -35,7 +46,7 @@ class LycorisWeightAdapter(WeightAdapterBase):
                          intermediate_dtype=torch.float32, original_weight=None):
         """Update `weight` (already narrowed to the slice) in place to the merged weight at multiplier `strength`."""
         adapter = self.adapter.to(device=weight.device, dtype=intermediate_dtype)
-        if self.part == "weight" and function is None and weight.dtype == intermediate_dtype \
+        if self.part == "weight" and _is_identity(function, weight) and weight.dtype == intermediate_dtype \
                 and hasattr(adapter, "merge_into_"):
             # ComfyUI hands over its own intermediate copy: W += m·ΔW_s in place, no W-sized temporaries
             return adapter.merge_into_(weight, strength)
