@@ -318,6 +318,7 @@ class Bench:
     diff_inputs: dict = None
     files: list = field(default_factory=list)
     tokens: dict = field(default_factory=dict)  # linear module path -> tokens per call
+    calibration: dict = field(default_factory=dict)
     base_flops: float = 0.0
 
 
@@ -801,6 +802,46 @@ def adapter_flops(adapter, tokens: int, d_in: int, d_out: int, r_active: float |
     raise ValueError(algo)
 
 
+def adapter_traffic(adapter, tokens: int, d_in: int, d_out: int) -> float:
+    """Elements one fused bypass adapter moves beyond the base layer (landscape.md section 3.2, "memory traffic is
+    the real limit at small r"): x read again, y read and written, plus algorithm-specific intermediates."""
+    n = tokens * d_in + 2 * tokens * d_out
+    if adapter.algo == "lokr" and adapter.w2_full:
+        a, c = adapter._w1_shape()
+        n += 2 * tokens * c * (d_out // a)  # H = X·W2ᵀ written, then read
+    elif adapter.algo == "loha":
+        n += 3 * d_in * d_out  # ΔW built (two products, one Hadamard) and read by the GEMM
+    if adapter.dora_scale is not None:
+        n += 2 * tokens * d_out  # y scaled in place
+    return float(n)
+
+
+def calibrate(env: Env) -> dict:
+    """This machine's fp32 (bf16 on GPU) GEMM throughput and memory bandwidth, for the roofline column."""
+    torch = env.torch
+    dev, dt = env.device, env.dtype
+    clock = Clock(env.cuda)
+    x, w = torch.randn(768, 1024, device=dev, dtype=dt), torch.randn(3072, 1024, device=dev, dtype=dt)
+    a = torch.randn(16 * 2**20, device=dev, dtype=dt)
+    c = torch.randn_like(a)
+
+    def best(fn, n=5):
+        fn()
+        ts = []
+        for _ in range(n):
+            clock.sync()
+            t0 = clock.mark()
+            fn()
+            t1 = clock.mark()
+            clock.sync()
+            ts.append(clock.elapsed(t0, t1))
+        return min(ts)
+
+    flops = 2 * 768 * 1024 * 3072 / best(lambda: torch.nn.functional.linear(x, w))
+    bandwidth = 3 * a.numel() * a.element_size() / best(lambda: a.add_(c))
+    return {"gemm_gflops": flops / 1e9, "bandwidth_gbs": bandwidth / 1e9}
+
+
 def theory(env: Env, b: Bench, r: Recipe) -> dict:
     """Theoretical bypass FLOP overhead of recipe `r` on the bench model (fraction of the base step)."""
     parsed = env.file_cache.load_parsed(str(r.path))
@@ -817,6 +858,7 @@ def theory(env: Env, b: Bench, r: Recipe) -> dict:
         r_active = statistics.mean(sched.active_rank(t, rmax, r.config["tlora_min_rank"], r.config["tlora_alpha"])
                                    for t in ts)
     adapter_bytes = 0
+    traffic = 0.0
     for name, adapter in parsed.adapters.items():
         target = key_map.get(name)
         if target is None:
@@ -826,13 +868,19 @@ def theory(env: Env, b: Bench, r: Recipe) -> dict:
         d_out = target.offset[2] if target.offset is not None else weight.shape[0]
         d_in = weight.shape[1]
         total += adapter_flops(adapter, b.tokens.get(path, 0), d_in, d_out, r_active)
+        traffic += adapter_traffic(adapter, b.tokens.get(path, 0), d_in, d_out)
         numel = sum(v.numel() for v in adapter.tensors.values())
         if adapter.algo == "tlora" and not adapter.has_stored_base:
             numel *= 2  # the frozen SVD base (P0, Q0, λ0) is part of the adapter, the same size as P, Q, λ
         adapter_bytes += numel * tl.finfo(env.dtype).bits // 8
     largest = max(n * env.comfy_utils.get_attr(b.patcher.model, k + ".weight").shape[0]
                   for k, n in b.tokens.items()) * tl.finfo(env.dtype).bits // 8
+    cal = b.calibration
+    roofline_s = total / (cal["gemm_gflops"] * 1e9) + traffic * tl.finfo(env.dtype).bits / 8 / (
+        cal["bandwidth_gbs"] * 1e9)
     return {"theory_overhead": total / b.base_flops, "adapter_mb": adapter_bytes / 2**20,
+            "adapter_gflop": total / 1e9, "adapter_traffic_mb": traffic * tl.finfo(env.dtype).bits / 8 / 2**20,
+            "roofline_s": roofline_s,
             "file_mb": r.path.stat().st_size / 2**20, "layer_act_mb": largest / 2**20, "r_active": r_active}
 
 
@@ -847,6 +895,7 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
     gc.freeze()  # the imported world and the models move to the permanent generation: later collections are cheap
     make_files(env, b, args.quick, log)
     collect_tokens_and_flops(env, b)
+    b.calibration = calibrate(env)
     timed_sample(env, clock, b.patcher.clone(), b, b.sigmas)  # warm-up: first-call allocations, thread pools
     clean(env)
     log(f"[{family}] base step {b.base_flops / 1e9:.2f} GFLOP, {len(b.tokens)} linears")
@@ -900,6 +949,7 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
                "step_ms": _ms(median(d["step_s"])), "step_min_ms": _ms(min(d["step_s"], default=None)),
                "step_iqr_pct": _iqr_pct(d["step_s"]),
                "paired_base_ms": _ms(median(d["paired_base_s"])),
+               "paired_base_min_ms": _ms(min(d["paired_base_s"], default=None)),
                "load_s": median(d["load_s"]), "strength_set_ms": _ms(median(d["set_s"])),
                "strength_change_s": median(d["change_s"]),
                "mem_load_mb": median(d["mem_load_mb"]), "mem_step_mb": median(d["mem_step_mb"]),
@@ -923,6 +973,9 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
         byp["bypass_over_base_unpaired"] = byp["step_ms"] / base
         byp["measured_overhead"] = byp["bypass_over_base"] - 1.0
         byp["measured_over_theory"] = byp["measured_overhead"] / th["theory_overhead"]
+        # roofline: the adapter's FLOPs at this machine's GEMM rate plus its extra traffic at its bandwidth
+        byp["roofline_overhead"] = th["roofline_s"] / (byp["paired_base_ms"] / 1000.0)
+        byp["measured_over_roofline"] = byp["measured_overhead"] / byp["roofline_overhead"]
         # CPU: live heap (mallinfo2) while stepping, above the level before the load; GPU: max_memory_allocated
         key = "mem_step_mb" if env.cuda or byp["heap_step_mb"] is None else "heap_step_mb"
         byp["mem_overhead_mb"] = _sub(byp[key], med[f"{family}/base"][key])
@@ -947,7 +1000,7 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
         t["tlora_over_lora"] = t["bypass_over_base"] / l["bypass_over_base"]  # paired overheads
         t["tlora_over_lora_direct"] = t["step_ms"] / l["step_ms"]
     meta = {"family": family, "size": b.size, "base_gflop": b.base_flops / 1e9, "sigmas": b.sigmas,
-            "linears": len(b.tokens)}
+            "linears": len(b.tokens), "calibration": b.calibration}
     for row in rows:
         row["meta"] = meta if row["kind"] == "base" else None
     del b
@@ -1004,16 +1057,21 @@ def tables(rows: list[dict]) -> str:
                        f"{fmt(bi.get('strength_change_s'))} | {fmt(mg.get('strength_change_s'))} | "
                        f"{fmt(bp['strength_set_ms'], '{:.3f}')} | {fmt(bp['strength_change_s'])} | "
                        f"{fmt(mg.get('change_over_builtin'))} |")
-        out.append("\nstep time (ms, median) and overheads")
-        out.append("| file | built-in merged | merged | bypass | merged/base | bypass/base | theory % | measured % | "
-                   "meas/theory | LyCORIS bypass % | ours/LyCORIS |")
-        out.append("|---" * 11 + "|")
+        cal = meta.get("calibration") or {}
+        out.append(f"\nstep time (ms, median; x/base ratios paired: the same model with the patch or hooks swapped out "
+                   f"around each step) and overheads; roofline = adapter FLOPs at {fmt(cal.get('gemm_gflops'), '{:.0f}')} "
+                   f"GFLOP/s + its extra traffic at {fmt(cal.get('bandwidth_gbs'), '{:.1f}')} GB/s")
+        out.append("| file | built-in merged | merged | bypass | built-in/base | merged/base | bypass/base | theory % | "
+                   "measured % | meas/theory | roofline % | meas/roofline | LyCORIS bypass % | ours/LyCORIS |")
+        out.append("|---" * 14 + "|")
         for f in files:
             bi, mg, bp = by.get(f"{fam}/{f}/builtin", {}), by.get(f"{fam}/{f}/merged", {}), by[f"{fam}/{f}/bypass"]
             out.append(f"| {bp['label']} | {fmt(bi.get('step_ms'), '{:.1f}')} | {fmt(mg.get('step_ms'), '{:.1f}')} | "
-                       f"{fmt(bp['step_ms'], '{:.1f}')} | {fmt(mg.get('merged_over_base'), '{:.3f}')} | "
+                       f"{fmt(bp['step_ms'], '{:.1f}')} | {fmt(bi.get('builtin_over_base'), '{:.3f}')} | "
+                       f"{fmt(mg.get('merged_over_base'), '{:.3f}')} | "
                        f"{fmt(bp.get('bypass_over_base'), '{:.3f}')} | {fmt(100 * bp['theory_overhead'], '{:.1f}')} | "
                        f"{fmt(100 * bp['measured_overhead'], '{:.1f}')} | {fmt(bp.get('measured_over_theory'))} | "
+                       f"{fmt(_pct(bp.get('roofline_overhead')), '{:.1f}')} | {fmt(bp.get('measured_over_roofline'))} | "
                        f"{fmt(_pct(bp.get('lycoris_overhead')), '{:.1f}')} | {fmt(bp.get('over_lycoris'), '{:.3f}')} |")
         t = by.get(f"{fam}/tlora64/bypass")
         if t and t.get("tlora_over_lora") is not None:
