@@ -46,20 +46,29 @@ def _row_permutation(function, rows: int) -> torch.Tensor | None:
     return function(torch.arange(rows, dtype=torch.float32).unsqueeze(1)).squeeze(1).round().long()
 
 
-def _weight_key(module: torch.nn.Module) -> tuple:
-    """Which weight the module holds now: (the tensor object, its in-place version). Another loader's merged patch
-    (a new tensor, or an in-place update) changes it, and with it what adapters derived from W (DoRA norms)."""
+def _weight_key(module: torch.nn.Module, patcher) -> tuple:
+    """Which weight the module holds now: (weakref to the tensor, a version). Another loader's merged patch (a new
+    tensor, or an in-place update) changes it, and with it what adapters derived from W (DoRA norms).
+
+    The version is the tensor's in-place counter; inference tensors (ComfyUI loads and runs models under
+    torch.inference_mode) have none, so for them it is the patcher's `patches_uuid`, which ComfyUI renews whenever
+    the weight patches change (None where a host lacks it: then the entries are never reused)."""
     w = getattr(module, "weight", None)
     if not isinstance(w, torch.Tensor):
         return (None, None)
-    return (weakref.ref(w), w._version)  # a weakref, not id(): a freed tensor's id (and memory) get reused
+    if w.is_inference():
+        version = getattr(patcher, "patches_uuid", None)
+        version = None if version is None else ("patches", version)
+    else:
+        version = ("inplace", w._version)
+    return (weakref.ref(w), version)  # a weakref, not id(): a freed tensor's id (and memory) get reused
 
 
 def _same_weight(a: tuple, b: tuple) -> bool:
     if a[0] is None or b[0] is None:
         return a[0] is None and b[0] is None
     w = a[0]()
-    return w is not None and w is b[0]() and a[1] == b[1]
+    return w is not None and w is b[0]() and a[1] is not None and a[1] == b[1]
 
 
 class _ModuleHook:
@@ -157,7 +166,7 @@ class BypassInjection:
             return
         for path, slices in self.targets.items():
             module = comfy.utils.get_attr(patcher.model, path)
-            weight = _weight_key(module)
+            weight = _weight_key(module, patcher)
             cached = self._entries.get(path)
             if cached is None or cached[0]() is not module or not _same_weight(cached[2], weight):
                 cached = self._entries[path] = (weakref.ref(module), _ModuleHook.build_entries(module, slices),

@@ -4,6 +4,7 @@
 LoRA stacked below a bypass DoRA, at a new strength, must give the same output as a fresh load."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pytest
@@ -33,19 +34,33 @@ def env(tmp_path_factory):
     return twin, files, mod("apply"), mod("strength"), mod("bypass")
 
 
-def test_reinject_reuses_specs_and_rebuilds_after_weight_change(env, monkeypatch):
+@pytest.mark.parametrize("inference", [False, True], ids=["grad-mode", "inference-mode"])
+def test_reinject_reuses_specs_and_rebuilds_after_weight_change(env, monkeypatch, inference):
+    """inference-mode: the model is built under torch.inference_mode, as ComfyUI's loaders do; its weights are
+    inference tensors, which have no in-place version counter (CI failure of a8d06f3)."""
     twin, files, apply, strength, bypass = env
-    inputs = twin.make_inputs(0)
     builds = []
     real = bypass._ModuleHook.build_entries
     monkeypatch.setattr(bypass._ModuleHook, "build_entries",
                         staticmethod(lambda m, s: builds.append(1) or real(m, s)))
+    mode = torch.inference_mode() if inference else contextlib.nullcontext()
+    with mode:  # ComfyUI builds, patches and runs models under torch.inference_mode
+        _check_reinject(twin, files, apply, strength, builds, inference)
+
+
+def _check_reinject(twin, files, apply, strength, builds, inference):
     base = twin.fresh_comfy_patcher()
+    assert next(base.model.parameters()).is_inference() == inference
+    alone, _ = apply.apply_lycoris(base, files["dora"], 0.8, "bypass")  # on unpatched base weights
+    alone_first = twin.run_comfy(alone, inputs := twin.make_inputs(0))
+    n = len(builds)
+    torch.testing.assert_close(twin.run_comfy(alone, inputs), alone_first, rtol=0, atol=0)
+    assert len(builds) == n
     merged, _ = apply.apply_lycoris(base, files["lora"], 1.0, "merged")
     both, _ = apply.apply_lycoris(merged, files["dora"], 0.8, "bypass")
     first = twin.run_comfy(both, inputs)
+    assert len(builds) > n  # the merged LoRA below: new weights
     n = len(builds)
-    assert n > 0
     again = twin.run_comfy(both, inputs)  # re-injected on the same weights: specs reused
     assert len(builds) == n
     torch.testing.assert_close(again, first, rtol=0, atol=0)
