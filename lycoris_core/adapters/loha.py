@@ -2,8 +2,13 @@
 """LoHa: ΔW = s·(w1_a@w1_b) ⊙ (w2_a@w2_b), Tucker form with `hada_t1`/`hada_t2` (reference §3.2).
 
 Written here rather than taken from lycoris-lora 4.1.3 because its merge (`get_diff_weight`) applies s twice
-(`get_weight` already includes s; reference §6.1.1). This is the rebuild-forward maths, s applied once. The
-Hadamard product does not factor through activations, so bypass builds ΔW_s and runs the layer's op with it.
+(`get_weight` already includes s; reference §6.1.1). This is the rebuild-forward maths, s applied once.
+
+Bypass on a linear layer: the Hadamard product of two rank-r products is one rank-r² product,
+(A1·B1) ⊙ (A2·B2) = U·V with U[i, (p,q)] = A1[i,p]·A2[i,q] and V[(p,q), j] = B1[p,j]·B2[q,j] (the face-splitting
+identity), so y += x·ΔW_sᵀ runs as a LoRA of rank r² when that is cheaper than building ΔW and a full product
+(r=16 on a 1024 x 3072 layer: a third of the work); U and V are built per call (no W-sized memory). LyCORIS 4.1.3
+always rebuilds ΔW (`bypass_forward_diff`).
 """
 from __future__ import annotations
 
@@ -57,20 +62,53 @@ class LoHaAdapter(AdditiveAdapter):
         return "hada_w1_a"
 
     def fuses(self, layer: LayerSpec) -> bool:
-        """Linear layers (plain form): ΔW built once per call, then y += x·(m·ΔW_s)ᵀ in one addmm."""
+        """Linear layers (plain form): y += x·(m·ΔW_s)ᵀ accumulated by one addmm (rank-r² factors or ΔW)."""
         return layer.kind == "linear" and not self.tucker
 
+    def factorized_bypass(self, tokens: int, d_in: int, d_out: int) -> bool:
+        """True when the rank-r² path (per call: U, V built, 2·tokens·r²·(in + out) FLOPs) costs fewer FLOPs than
+        building ΔW (two rank-r products and a Hadamard: ~4·r·in·out) and a full product (2·tokens·in·out)."""
+        r2 = self.rank * self.rank
+        factored = 2 * tokens * r2 * (d_in + d_out) + r2 * (d_in + d_out)
+        rebuilt = 4 * self.rank * d_in * d_out + d_in * d_out + 2 * tokens * d_in * d_out
+        return factored < rebuilt
+
+    def _face_split(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U (out, r²), V (r², in)) with U·V = (w1a·w1b) ⊙ (w2a·w2b), in `like`'s device/dtype (plain form)."""
+        w1a, w1b, w2a, w2b = (self.t(k, like) for k in self.REQUIRED)
+        u = (w1a.unsqueeze(2) * w2a.unsqueeze(1)).reshape(w1a.shape[0], -1)
+        v = (w1b.unsqueeze(1) * w2b.unsqueeze(0)).reshape(-1, w1b.shape[1])
+        return u, v
+
     def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
-        """y += coeff·x·ΔW_sᵀ in place (ΔW_s = s·(w1a·w1b)⊙(w2a·w2b), built in x's dtype; the coefficient is
+        """y += coeff·x·ΔW_sᵀ in place: through the rank-r² factors (coefficient on the (tokens, r²) hidden) when
+        `factorized_bypass` says so, else with ΔW_s = s·(w1a·w1b)⊙(w2a·w2b) built in x's dtype (coefficient
         folded into it)."""
+        d_in = x.shape[-1]
+        xm = x.reshape(-1, d_in)
+        y2 = rows_view(y)
+        if self.factorized_bypass(xm.shape[0], d_in, y.shape[-1]):
+            u, v = self._face_split(x)
+            h = xm @ v.t()
+            h.mul_(coeff * self.scale)
+            if y2 is None:
+                return y.add_((h @ u.t()).view(y.shape))
+            y2.addmm_(h, u.t())
+            return y
         w1a, w1b, w2a, w2b = (self.t(k, x) for k in self.REQUIRED)
         dw = w1a @ w1b.reshape(w1b.shape[0], -1)
         dw.mul_(w2a @ w2b.reshape(w2b.shape[0], -1)).mul_(coeff * self.scale)
-        y2 = rows_view(y)
         if y2 is None:
             return y.add_(F.linear(x, dw))
-        y2.addmm_(x.reshape(-1, x.shape[-1]), dw.t())
+        y2.addmm_(xm, dw.t())
         return y
+
+    def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+        """ΔW_s applied to x: linear layers through the rank-r² factors when cheaper, else op(x, ΔW_s)."""
+        if self.fuses(layer) and self.factorized_bypass(x.numel() // x.shape[-1], x.shape[-1], layer.weight_shape[0]):
+            u, v = self._face_split(x)
+            return F.linear(F.linear(x, v), u) * self.scale
+        return super().delta_act(x, layer)
 
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """s·T1 ⊙ T2 on `weight`'s device/dtype (s applied once)."""

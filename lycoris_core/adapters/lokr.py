@@ -125,13 +125,15 @@ class LoKrAdapter(AdditiveAdapter):
         return torch.kron(w1, w2.contiguous())
 
     def fuses(self, layer: LayerSpec) -> bool:
-        """Linear layers: the Kronecker identity, the last product accumulated into y (baddbmm)."""
+        """Linear layers: the Kronecker identity, the last product accumulated into y (baddbmm or addmm)."""
         return layer.kind == "linear"
 
     def add_delta_(self, x: torch.Tensor, y: torch.Tensor, coeff, layer: LayerSpec) -> torch.Tensor:
-        """y += coeff·s·vec(W1·X·W2ᵀ) in place: H = X·W2ᵀ (tokens, c, b) in one GEMM, then y viewed (tokens, a, b)
-        gets (coeff·s·W1)·H by a batched GEMM with a broadcast (stride-0) W1; no ΔW, and no output-sized temporary
-        when y is contiguous (a row slice of a fused output gets the product through one temporary)."""
+        """y += coeff·s·vec(W1·X·W2ᵀ) in place, no ΔW, in the cheaper order of the two products: W2 first
+        (H = X·W2ᵀ (tokens, c, b) in one GEMM, then y viewed (tokens, a, b) gets (coeff·s·W1)·H by a batched GEMM
+        with a broadcast W1) or W1 first (Z = (coeff·s·W1)·X (tokens, a, d), then y viewed (tokens·a, b) gets Z·W2ᵀ
+        by one addmm). No output-sized temporary when y is contiguous (a row slice of a fused output gets the
+        product through one temporary)."""
         w1 = self._w1(x)
         a, c = w1.shape
         b = y.shape[-1] // a
@@ -149,7 +151,16 @@ class LoKrAdapter(AdditiveAdapter):
             else:
                 y.add_((g @ w2a.t()).view(y.shape))
             return y
-        h = h @ self.t("lokr_w2", x).reshape(b, -1).transpose(0, 1)  # (M, c, b)
+        d = h.shape[-1]
+        w2 = self.t("lokr_w2", x).reshape(b, -1)
+        if a * c * d + a * d * b < c * d * b + a * c * b:  # W1 first: fewer FLOPs (out wider than in)
+            z = torch.matmul(w1, h)  # (M, a, d)
+            if y.is_contiguous():
+                y.view(m * a, b).addmm_(z.view(m * a, d), w2.t())
+            else:
+                y.add_((z @ w2.t()).view(y.shape))
+            return y
+        h = h @ w2.transpose(0, 1)  # (M, c, b)
         if y.is_contiguous():
             y.view(m, a, b).baddbmm_(w1.expand(m, a, c), h)
         else:  # a row slice of a fused output: baddbmm into strided memory falls back to a slow per-batch loop

@@ -139,6 +139,47 @@ def test_lokr_linear_bypass_never_builds_the_kronecker(monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("d_out,d_in", [(96, 32), (32, 96)], ids=["w1-first", "w2-first"])
+@pytest.mark.parametrize("inplace", [True, False])
+def test_lokr_full_linear_bypass_both_orders(d_out, d_in, inplace, monkeypatch):
+    """Full-matrix LoKr bypass takes the cheaper product order (W1 first when out > in) and equals the merged layer,
+    also on a row slice of a wider output (not contiguous), without building the Kronecker product."""
+    g = torch.Generator().manual_seed(4)
+    a = c = 4
+    t = {"m.lokr_w1": torch.randn(a, c, generator=g), "m.lokr_w2": torch.randn(d_out // a, d_in // c, generator=g)}
+    ad = parse_modules(t, SRC)["m"]
+    lin = nn.Linear(d_in, d_out)
+    x = torch.randn(2, 5, d_in, generator=g)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, ad.merged_weight(lin.weight.detach(), -0.6), lin.bias)
+        monkeypatch.setattr(torch, "kron", lambda *a, **k: (_ for _ in ()).throw(AssertionError("kron built")))
+        out = (ad.bypass_ if inplace else ad.bypass)(x, lin(x), -0.6, spec_for(lin))
+        wide = torch.cat([lin(x), torch.zeros(2, 5, 8)], dim=-1)
+        sliced = (ad.bypass_ if inplace else ad.bypass)(x, wide[..., :d_out], -0.6, spec_for(lin))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sliced, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokens,factorized", [(3, True), (400, False)])
+@pytest.mark.parametrize("inplace", [True, False])
+def test_loha_linear_bypass_rank_r2_path(tokens, factorized, inplace):
+    """LoHa bypass on a linear layer runs (A1·B1)⊙(A2·B2) as the rank-r² product U·V when that is cheaper than
+    building ΔW (few tokens here), else builds ΔW; both equal the merged layer (m = 0.7, with alpha)."""
+    g = torch.Generator().manual_seed(3)
+    r, d_in, d_out = 6, 40, 24
+    t = {"m.hada_w1_a": torch.randn(d_out, r, generator=g), "m.hada_w1_b": torch.randn(r, d_in, generator=g),
+         "m.hada_w2_a": torch.randn(d_out, r, generator=g), "m.hada_w2_b": torch.randn(r, d_in, generator=g),
+         "m.alpha": torch.tensor(3.0)}
+    a = parse_modules(t, SRC)["m"]
+    assert a.factorized_bypass(tokens, d_in, d_out) is factorized
+    lin = nn.Linear(d_in, d_out)
+    x = torch.randn(1, tokens, d_in, generator=g)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, a.merged_weight(lin.weight.detach(), 0.7), lin.bias)
+        out = (a.bypass_ if inplace else a.bypass)(x, lin(x), 0.7, spec_for(lin))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_bypass(dtype):
     """Bypass runs in the activation dtype (4.1.3's T-LoRA fails in pure bf16, §6.1.5) and stays close to fp32."""
