@@ -1373,7 +1373,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models, one round: a smoke run")
     ap.add_argument("--gpu", action="store_true", help="CUDA, bf16, bigger models; host syncs, kernel launches")
-    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 2; quick 1)")
     ap.add_argument("--families", default="flux2,sdxl")
     ap.add_argument("--only", nargs="*", help="only variants whose id contains one of these (plus the bases)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -1389,7 +1389,7 @@ def main(argv=None) -> int:
         print_targets(targets(data["rows"]))
         return 0
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 2
     mode = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
     if args.quick and args.gpu:
         mode = "quick"

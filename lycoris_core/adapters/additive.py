@@ -10,7 +10,7 @@ import torch
 
 from ..layer import LayerSpec
 from .base import Adapter, Multiplier, channel_view, conv_groups, layer_bias, layer_op, layer_weight
-from .dora import OUTPUT, dora_factor, dora_merge, dora_norm
+from .dora import OUTPUT, dora_factor, dora_merge, dora_merge_, dora_norm
 
 
 class AdditiveAdapter(Adapter):
@@ -47,11 +47,15 @@ class AdditiveAdapter(Adapter):
         return dora_merge(weight + dw, self.dora_scale, multiplier, self.dora_axis, self.dora_eps)
 
     def merge_into_(self, weight: torch.Tensor, multiplier: Multiplier) -> torch.Tensor:
-        """`weight` updated in place to `merged_weight(weight, multiplier)` and returned: W += m·ΔW_s with no
-        temporary beyond ΔW_s (the DoRA form goes through `merged_weight`)."""
-        if self.dora_scale is not None or type(self).merged_weight is not AdditiveAdapter.merged_weight:
+        """`weight` updated in place to `merged_weight(weight, multiplier)` and returned: W += m·ΔW_s, or DoRA's
+        W += ΔW_s then W *= factor, with no temporary beyond ΔW_s."""
+        if type(self).merged_weight is not AdditiveAdapter.merged_weight:
             return weight.copy_(self.merged_weight(weight, multiplier))
         dw = self.delta_weight(weight).reshape(weight.shape)
+        if self.dora_scale is not None:
+            weight.add_(dw)
+            del dw
+            return dora_merge_(weight, self.dora_scale, multiplier, self.dora_axis, self.dora_eps)
         if isinstance(multiplier, (int, float)):
             return weight.add_(dw, alpha=multiplier)
         return weight.add_(dw * multiplier)  # dw may be a stored tensor: never scaled in place

@@ -36,12 +36,24 @@ def dora_factor(dora_scale: torch.Tensor, norm: torch.Tensor, multiplier) -> tor
     return multiplier * (dora_scale.reshape(norm.shape) / norm - 1) + 1
 
 
-def dora_merge(weight_plus_delta: torch.Tensor, dora_scale: torch.Tensor, multiplier, axis: str,
-               eps: float) -> torch.Tensor:
-    """W' from W + ΔW_s (any shape with out first); maths in the dtype of `weight_plus_delta`."""
+def _merge_factor(weight_plus_delta: torch.Tensor, dora_scale: torch.Tensor, multiplier, axis: str,
+                  eps: float) -> torch.Tensor:
+    """The DoRA factor of `weight_plus_delta`, shaped to broadcast over it, in its dtype."""
     g = dora_scale.to(device=weight_plus_delta.device, dtype=weight_plus_delta.dtype)
     if axis == OUTPUT:
         g = g.reshape(weight_plus_delta.shape[0], *([1] * (weight_plus_delta.dim() - 1)))
     else:
         g = g.reshape(1, weight_plus_delta.shape[1], *([1] * (weight_plus_delta.dim() - 2)))
-    return weight_plus_delta * dora_factor(g, dora_norm(weight_plus_delta, axis, eps), multiplier)
+    return dora_factor(g, dora_norm(weight_plus_delta, axis, eps), multiplier)
+
+
+def dora_merge(weight_plus_delta: torch.Tensor, dora_scale: torch.Tensor, multiplier, axis: str,
+               eps: float) -> torch.Tensor:
+    """W' from W + ΔW_s (any shape with out first); maths in the dtype of `weight_plus_delta`."""
+    return weight_plus_delta * _merge_factor(weight_plus_delta, dora_scale, multiplier, axis, eps)
+
+
+def dora_merge_(weight_plus_delta: torch.Tensor, dora_scale: torch.Tensor, multiplier, axis: str,
+                eps: float) -> torch.Tensor:
+    """`dora_merge` written into `weight_plus_delta` (returned): no weight-sized temporary."""
+    return weight_plus_delta.mul_(_merge_factor(weight_plus_delta, dora_scale, multiplier, axis, eps))

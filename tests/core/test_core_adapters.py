@@ -220,3 +220,32 @@ def test_dora_eps_comes_from_the_stored_dtype():
     norm = wd.norm(dim=1, keepdim=True) + 2 ** -7
     expect = wd * (0.3 * (scale.bfloat16().float() / norm - 1) + 1)
     torch.testing.assert_close(f.merged_weight(w, 0.3), expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dora", [None, "output", "input"])
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+def test_merge_into_equals_merged_weight(algo, dora):
+    """The in-place merge ComfyUI's patching uses (W += m·ΔW_s; DoRA: W += ΔW_s, then W *= factor) gives the
+    merged weight exactly as the out-of-place maths, at a negative multiplier too, and writes into `weight`."""
+    g = torch.Generator().manual_seed(5)
+    d_out, d_in, r = 16, 12, 4
+    t = {"locon": {"m.lora_down.weight": torch.randn(r, d_in, generator=g),
+                   "m.lora_up.weight": torch.randn(d_out, r, generator=g)},
+         "loha": {"m.hada_w1_a": torch.randn(d_out, r, generator=g), "m.hada_w1_b": torch.randn(r, d_in, generator=g),
+                  "m.hada_w2_a": torch.randn(d_out, r, generator=g), "m.hada_w2_b": torch.randn(r, d_in, generator=g)},
+         "lokr": {"m.lokr_w1": torch.randn(4, 4, generator=g), "m.lokr_w2_a": torch.randn(4, 2, generator=g),
+                  "m.lokr_w2_b": torch.randn(2, 3, generator=g)}}[algo]
+    t["m.alpha"] = torch.tensor(2.0)
+    if dora == "output":
+        t["m.dora_scale"] = torch.rand(d_out, 1, generator=g) + 1
+    elif dora == "input":
+        t["m.dora_scale"] = torch.rand(1, d_in, generator=g) + 1
+    a = parse_modules(t, SRC)["m"]
+    w = torch.randn(d_out, d_in, generator=g)
+    for m in (1.0, -0.7):
+        want = a.merged_weight(w, m)
+        work = w.clone()
+        got = a.merge_into_(work, m)
+        assert got is work
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert float((want - w).abs().max()) > 1e-3
