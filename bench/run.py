@@ -47,7 +47,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layer_timing import LayerPair, capture_inputs, time_pairs, totals  # bench/ (this script's folder) is on sys.path
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported as a module (tests), not run as a script
+    sys.path.append(str(Path(__file__).resolve().parent))
+from layer_timing import LayerPair, capture_inputs, time_pairs, totals  # noqa: E402  (bench/)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
