@@ -847,8 +847,9 @@ def layer_figures(per_sigma: list[dict]) -> dict:
 
 
 def measure_layers_lycoris(env: Env, clock: Clock, b: Bench, v: Variant, reps: int) -> None:
-    """Layer-level overhead of LyCORIS's own bypass modules on the diffusers twin: each wrapped module's input from
-    a real forward, `lora.forward` (base + bypass) vs `lora.org_forward`."""
+    """Layer-level cost of LyCORIS's own bypass modules on the diffusers twin, on each wrapped module's input from a
+    real forward: `lora.forward` with its `org_forward` returning the saved base output (the adapter's work and its
+    out-of-place sum), and `org_forward` itself for scale."""
     torch = env.torch
     net = lycoris_network(env, b, v.recipe)
     try:
@@ -1129,7 +1130,8 @@ def run_family(env: Env, family: str, sizes: dict, args, log) -> list[dict]:
         if byp["layer_overhead_ms"] is not None:
             byp["layer_overhead"] = byp["layer_overhead_ms"] / byp["paired_base_min_ms"]
             byp["layer_over_theory"] = byp["layer_overhead"] / th["theory_overhead"]
-            byp["layer_over_roofline"] = byp["layer_overhead"] / byp["roofline_overhead"]
+            byp["layer_roofline_overhead"] = 1000.0 * th["roofline_s"] / byp["paired_base_min_ms"]  # same base
+            byp["layer_over_roofline"] = byp["layer_overhead_ms"] / (1000.0 * th["roofline_s"])
         # CPU: live heap (mallinfo2) while stepping, above the level before the load; GPU: max_memory_allocated
         key = "mem_step_mb" if env.cuda or byp["heap_step_mb"] is None else "heap_step_mb"
         byp["mem_overhead_mb"] = _sub(byp[key], med[f"{family}/base"][key])
@@ -1257,7 +1259,7 @@ def tables(rows: list[dict]) -> str:
                [[bp["label"],
                  fmt(bp.get("layer_plain_ms")), fmt(bp.get("layer_overhead_ms")), fmt(_pct(bp.get("layer_overhead"))),
                  fmt(100 * bp["theory_overhead"]), fmt(bp.get("layer_over_theory")),
-                 fmt(_pct(bp.get("roofline_overhead"))), fmt(bp.get("layer_over_roofline")),
+                 fmt(_pct(bp.get("layer_roofline_overhead"))), fmt(bp.get("layer_over_roofline")),
                  fmt(_pct(bp.get("lycoris_layer_overhead"))), fmt(bp.get("over_lycoris_layer"), "{:.3f}")]
                 for bi, mg, bp in trio])
         t = by.get(f"{fam}/tlora64/bypass")
@@ -1321,7 +1323,8 @@ def targets(rows: list[dict]) -> list[dict]:
             if r.get("theory_overhead") is not None:
                 note = (f"layer level {fmt(_pct(r.get('layer_overhead')), '{:+.1f}')}%, whole step "
                         f"{100 * r['measured_overhead']:+.1f}% (base step IQR {fmt(noise, '{:.1f}')}%), theory "
-                        f"{100 * r['theory_overhead']:.1f}%, roofline {fmt(_pct(r.get('roofline_overhead')))}%")
+                        f"{100 * r['theory_overhead']:.1f}%, roofline "
+                        f"{fmt(_pct(r.get('layer_roofline_overhead', r.get('roofline_overhead'))))}%")
             add(f"{rid}: bypass overhead <= 1.3 x theory", mt, 1.3, mt is not None and mt <= 1.3, note)
             ol = r.get("over_lycoris_layer", r.get("over_lycoris"))
             if ol is not None:
