@@ -23,6 +23,9 @@ What it does
   followed by one sampling call), time per denoise step (base, ours merged, ours bypass, ours T-LoRA, built-in
   merged; LyCORIS's own bypass forward on the diffusers twin and its diffusers base), peak memory (RSS on CPU,
   ``torch.cuda.max_memory_allocated`` on GPU);
+- at a finer grain, where a whole step is too noisy to resolve a few percent: each bypass adapter timed alone on its
+  layers' captured inputs and base outputs (``bench/layer_timing.py``; ours and LyCORIS's), and merged load + patch
+  without the sampling call (the loader node, then ComfyUI's per-key copy + ``calculate_weight``), fastest runs;
 - computes each bypass adapter's theoretical FLOP overhead (landscape.md section 3.2 cost model, with the real
   token counts of each targeted layer; base FLOPs counted with ``torch.utils.flop_counter``) next to the measured
   one;
