@@ -7,7 +7,8 @@ re-derives factor shapes from a guessed `factor` (fails for `unbalanced_factoriz
   ((b, r)@(r, d·∏k)), or Tucker `lokr_t2` (r, r, k...) with `lokr_w2_a` (r, b), `lokr_w2_b` (r, d);
 - rank r = w1_a.size(1), else t2.size(0) (Tucker: w2_a is (r, b), so w2_a.size(1) would be b), else w2_a.size(1);
 - both factors full: s = 1 whatever `alpha` says (`lokr.py:210-212`); else s = alpha/r.
-Bypass on a linear layer uses the Kronecker identity (W1⊗W2)·vec(X) = vec(W1·X·W2ᵀ) and never builds ΔW.
+Bypass on a linear layer uses the Kronecker identity (W1⊗W2)·vec(X) = vec(W1·X·W2ᵀ), on an ungrouped conv its
+convolutional form (conv with W2 per group of input channels, then W1 across groups); neither builds ΔW.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from ..layer import LayerSpec
 from .additive import AdditiveAdapter, rows_view
-from .base import layer_op, lora_scale, read_alpha
+from .base import conv_fn, conv_groups, geometry, layer_op, lora_scale, read_alpha
 
 
 class LoKrAdapter(AdditiveAdapter):
@@ -167,8 +168,25 @@ class LoKrAdapter(AdditiveAdapter):
             y.add_(torch.matmul(w1, h).view(y.shape))
         return y
 
+    def _conv_delta(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
+        """Ungrouped conv with ΔW = s·W1 ⊗ W2 (W2 (b, d, k...)): the input's c·d channels viewed as c groups of d,
+        each convolved with W2 (one conv over batch·c images, d -> b channels, the layer's stride/padding/dilation),
+        then mixed over c by W1: a times fewer conv FLOPs than convolving with ΔW, and no ΔW built."""
+        w1 = self._w1(x) * self.scale
+        a, c = w1.shape
+        out_ch, in_ch, *kernel = layer.weight_shape
+        w2 = self._w2(x).reshape(out_ch // a, in_ch // c, *kernel)
+        n = x.shape[0]
+        h = conv_fn(w2.dim())(x.reshape(n * c, in_ch // c, *x.shape[2:]), w2, **geometry(layer, groups=False))
+        spatial = h.shape[2:]
+        h = torch.matmul(w1, h.reshape(n, c, -1))  # (n, a, b·spatial)
+        return h.reshape(n, out_ch, *spatial)
+
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
-        """Linear: s·vec(W1·X·W2ᵀ) with X = x viewed (..., c, d), no ΔW built; conv: op(x, ΔW_s)."""
+        """Linear: s·vec(W1·X·W2ᵀ) with X = x viewed (..., c, d), no ΔW built; ungrouped conv: `_conv_delta`;
+        anything else: op(x, ΔW_s)."""
+        if layer.kind == "conv" and conv_groups(layer) == 1:
+            return self._conv_delta(x, layer)
         if layer.kind != "linear":
             return layer_op(layer, x, self.delta_weight(x.new_empty(())))
         w1 = self._w1(x)

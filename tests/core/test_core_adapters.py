@@ -249,3 +249,30 @@ def test_merge_into_equals_merged_weight(algo, dora):
         assert got is work
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
         assert float((want - w).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("form", ["full", "decomposed", "tucker"])
+def test_lokr_conv_bypass_without_kronecker(form, monkeypatch):
+    """LoKr bypass on an ungrouped conv (stride, padding, dilation) convolves with W2 per group of input channels
+    and mixes with W1, never building ΔW = W1 ⊗ W2, and equals the merged conv (m = -0.8)."""
+    g = torch.Generator().manual_seed(6)
+    a, c, b, d, r = 2, 3, 4, 2, 3
+    t = {"m.lokr_w1": torch.randn(a, c, generator=g), "m.alpha": torch.tensor(2.0)}
+    if form == "full":
+        t["m.lokr_w2"] = torch.randn(b, d, 3, 3, generator=g)
+    elif form == "decomposed":
+        t["m.lokr_w2_a"] = torch.randn(b, r, generator=g)
+        t["m.lokr_w2_b"] = torch.randn(r, d * 9, generator=g)
+    else:
+        t["m.lokr_t2"] = torch.randn(r, r, 3, 3, generator=g)
+        t["m.lokr_w2_a"] = torch.randn(r, b, generator=g)
+        t["m.lokr_w2_b"] = torch.randn(r, d, generator=g)
+    ad = parse_modules(t, SRC)["m"]
+    conv = nn.Conv2d(c * d, a * b, 3, stride=2, padding=2, dilation=2)
+    x = torch.randn(2, c * d, 9, 8, generator=g)
+    with torch.no_grad():
+        w = ad.merged_weight(conv.weight.detach(), -0.8)
+        ref = nn.functional.conv2d(x, w.reshape(conv.weight.shape), conv.bias, stride=2, padding=2, dilation=2)
+        monkeypatch.setattr(torch, "kron", lambda *a, **k: (_ for _ in ()).throw(AssertionError("kron built")))
+        out = ad.bypass(x, conv(x), -0.8, spec_for(conv))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
