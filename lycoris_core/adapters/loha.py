@@ -7,17 +7,19 @@ Written here rather than taken from lycoris-lora 4.1.3 because its merge (`get_d
 Bypass on a linear layer: the Hadamard product of two rank-r products is one rank-r² product,
 (A1·B1) ⊙ (A2·B2) = U·V with U[i, (p,q)] = A1[i,p]·A2[i,q] and V[(p,q), j] = B1[p,j]·B2[q,j] (the face-splitting
 identity), so y += x·ΔW_sᵀ runs as a LoRA of rank r² when that is cheaper than building ΔW and a full product
-(r=16 on a 1024 x 3072 layer: a third of the work); U and V are built per call (no W-sized memory). LyCORIS 4.1.3
-always rebuilds ΔW (`bypass_forward_diff`).
+(r=16 on a 1024 x 3072 layer: a third of the work); ungrouped convs likewise (a conv with r² filters, then a 1x1
+mix). U and V are built per call (no W-sized memory). LyCORIS 4.1.3 always rebuilds ΔW (`bypass_forward_diff`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from ..layer import LayerSpec
 from .additive import AdditiveAdapter, rows_view
-from .base import lora_scale, read_alpha
+from .base import conv_fn, conv_groups, geometry, lora_scale, read_alpha
 
 
 class LoHaAdapter(AdditiveAdapter):
@@ -104,10 +106,22 @@ class LoHaAdapter(AdditiveAdapter):
         return y
 
     def delta_act(self, x: torch.Tensor, layer: LayerSpec) -> torch.Tensor:
-        """ΔW_s applied to x: linear layers through the rank-r² factors when cheaper, else op(x, ΔW_s)."""
+        """ΔW_s applied to x: linear layers and ungrouped convs (plain form) through the rank-r² factors when that
+        is cheaper (a conv: x convolved with V as r² filters, then mixed by U), else op(x, ΔW_s)."""
         if self.fuses(layer) and self.factorized_bypass(x.numel() // x.shape[-1], x.shape[-1], layer.weight_shape[0]):
             u, v = self._face_split(x)
             return F.linear(F.linear(x, v), u) * self.scale
+        if layer.kind == "conv" and not self.tucker and conv_groups(layer) == 1:
+            out_ch, in_ch, *kernel = layer.weight_shape
+            stride = layer.conv.get("stride", 1)
+            positions = x.numel() // in_ch // math.prod(stride if isinstance(stride, (tuple, list)) else
+                                                        [stride] * len(kernel))
+            if self.factorized_bypass(positions, in_ch * math.prod(kernel), out_ch):
+                u, v = self._face_split(x)
+                h = conv_fn(len(kernel) + 2)(x, v.reshape(-1, in_ch, *kernel), **geometry(layer, groups=False))
+                spatial = h.shape[2:]
+                h = torch.matmul(u, h.reshape(h.shape[0], h.shape[1], -1))  # (batch, out, positions)
+                return h.reshape(h.shape[0], out_ch, *spatial) * self.scale
         return super().delta_act(x, layer)
 
     def delta_weight(self, weight: torch.Tensor) -> torch.Tensor:

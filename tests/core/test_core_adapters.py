@@ -276,3 +276,23 @@ def test_lokr_conv_bypass_without_kronecker(form, monkeypatch):
         monkeypatch.setattr(torch, "kron", lambda *a, **k: (_ for _ in ()).throw(AssertionError("kron built")))
         out = ad.bypass(x, conv(x), -0.8, spec_for(conv))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_loha_conv_bypass_rank_r2_path(stride, monkeypatch):
+    """LoHa bypass on an ungrouped conv runs as a conv with the r² face-splitting filters V then a 1x1 mix by U
+    (ΔW is never built here: few filters, many positions), equal to the merged conv (m = 0.6)."""
+    g = torch.Generator().manual_seed(8)
+    r, cin, cout = 2, 6, 16
+    t = {"m.hada_w1_a": torch.randn(cout, r, generator=g), "m.hada_w1_b": torch.randn(r, cin * 9, generator=g),
+         "m.hada_w2_a": torch.randn(cout, r, generator=g), "m.hada_w2_b": torch.randn(r, cin * 9, generator=g),
+         "m.alpha": torch.tensor(1.0)}
+    ad = parse_modules(t, SRC)["m"]
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+    x = torch.randn(2, cin, 12, 10, generator=g)
+    with torch.no_grad():
+        w = ad.merged_weight(conv.weight.detach(), 0.6)
+        ref = nn.functional.conv2d(x, w.reshape(conv.weight.shape), conv.bias, stride=stride, padding=1)
+        monkeypatch.setattr(ad, "delta_weight", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ΔW built")))
+        out = ad.bypass(x, conv(x), 0.6, spec_for(conv))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
