@@ -202,4 +202,3 @@ def schedule_params(ranks: list[int], config: dict | None, config_source: str) -
 def schedule_source(where: dict) -> str:
     """One line saying where each schedule parameter came from."""
     return "; ".join(f"{k} {where[k]}" for k in ("max_rank", "min_rank", "alpha"))
-

@@ -9,9 +9,10 @@ import torch
 
 from ..lycoris_core.errors import LycorisError
 from .apply import ATTACHMENT, loaded_lycoris
-from .tlora import (DEFAULT_PLOT_SCHEDULER, schedule_params, schedule_source, DEFAULT_PLOT_STEPS, TLoraSchedule, render_schedule_image,
-                    schedule_table)
+from .tlora import (DEFAULT_PLOT_SCHEDULER, DEFAULT_PLOT_STEPS, TLoraSchedule, render_schedule_image,
+                    schedule_params, schedule_source, schedule_table)
 from .tlora_base_cache import install_base_preparation, quantized_targets
+
 
 def file_params(record) -> tuple[dict, dict]:
     """({"max_rank", "min_rank", "alpha"}, {name: where, in words}) of a loaded T-LoRA file."""

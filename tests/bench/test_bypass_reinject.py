@@ -5,23 +5,15 @@ LoRA stacked below a bypass DoRA, at a new strength, must give the same output a
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import pytest
 import torch
 
-from lyco_testkit import host
-
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    reason = host.comfyui_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+def env(binding, tmp_path_factory):
     pytest.importorskip("diffusers")
     pytest.importorskip("lycoris")
-    host.import_comfy()
-    pack = host.load_pack()
     from lyco_testkit import twins
     from lyco_testkit.lycoris_files import config_for, make_lycoris
 
@@ -30,8 +22,7 @@ def env(tmp_path_factory):
     files = {name: str(make_lycoris(twin.pristine_diffusers_model(), d / f"{name}.safetensors",
                                     config_for(algo, "flux2"), seed=5, weight_std=0.2).path)
              for name, algo in (("lora", "locon"), ("dora", "dora"))}
-    mod = lambda n: importlib.import_module(f"{pack.__name__}.lycoris_comfy.{n}")  # noqa: E731
-    return twin, files, mod("apply"), mod("strength"), mod("bypass")
+    return twin, files, binding("apply"), binding("strength"), binding("bypass")
 
 
 @pytest.mark.parametrize("inference", [False, True], ids=["grad-mode", "inference-mode"])
